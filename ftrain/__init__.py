@@ -1,0 +1,28 @@
+"""ftrain: distributed fault-tolerant training for PyTorch.
+
+    import ftrain
+    session = ftrain.init(model, optimizer, dataset=ds, batch_size=32, seed=0)
+    for step, batch in session.steps(total_steps): ...
+
+The trainer-side API is imported lazily, so the agent and coordinator start without torch.
+"""
+from typing import Any
+
+from ftrain.config import ConfigError
+
+__all__ = ["init", "Session", "ConfigError", "CoordinatorUnavailable", "Unauthenticated", "JobFailed"]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "init": "ftrain.train.session", "Session": "ftrain.train.session",
+    "CoordinatorUnavailable": "ftrain.train.client", "Unauthenticated": "ftrain.train.client",
+    "JobFailed": "ftrain.train.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ftrain' has no attribute {name!r}")

@@ -1,0 +1,259 @@
+"""The node agent: registers with the coordinator, runs and watches P trainers, heartbeats.
+
+Heartbeats come from the agent's own thread, never from the training loop, so a busy trainer
+is never mistaken for a dead node. A trainer that dies is reported and restarted into the next
+generation (up to `max_restarts`). The agent's shard store outlives any trainer.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from ftrain import config as cfg
+from ftrain import metrics as metrics_mod
+from ftrain.agent.store import AgentServicer, ShardStore
+from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
+from ftrain.rpc import add_health_and_reflection, bind, describe_rpc_error, make_server, open_channel, token_metadata
+
+log = logging.getLogger("ftrain.agent")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the trainer gets SIGKILL when its agent dies (a lost node loses its trainers)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+@dataclass
+class TrainerProcess:
+    local_rank: int
+    process: subprocess.Popen
+    restarts: int = 0
+    state: str = "running"
+    exit_code: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+class Agent:
+    def __init__(self, coordinator: str, token: str, nproc: int, command: list[str], job_id: str = "",
+                 node_id: str = "", host: str = "127.0.0.1", port: int = 0, metrics_port: int | None = None,
+                 max_restarts: int = 10, connect_timeout_s: float = 30.0, heartbeat_interval_s: float = 1.0,
+                 extra_env: dict[str, str] | None = None) -> None:
+        cfg.parse_host_port(coordinator)
+        if nproc < 1:
+            raise cfg.ConfigError(f"--nproc-per-node must be >= 1; got {nproc}")
+        if not command:
+            raise cfg.ConfigError("ftrain agent needs the training command after `--`, e.g. -- python train.py")
+        self.coordinator = coordinator
+        self.token = token
+        self.nproc = nproc
+        self.command = command
+        self.job_id = job_id
+        self.node_id = node_id
+        self.host = host
+        self.max_restarts = max_restarts
+        self.connect_timeout_s = connect_timeout_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.extra_env = dict(extra_env or {})
+        self.metadata = token_metadata(token)
+        self.channel = open_channel(coordinator)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        self.store = ShardStore()
+        self.metrics = metrics_mod.Metrics()
+        self._node_ref = [node_id]
+        self.server = make_server(token, max_workers=32)
+        self.port = bind(self.server, host, port)
+        self.metrics_port = self.metrics.serve(metrics_port, addr=host) if metrics_port is not None else None
+        self.trainers: dict[int, TrainerProcess] = {}
+        self.job_state = "running"
+        self.job_message = ""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # -- coordinator ----------------------------------------------------------------------------
+    def register(self) -> None:
+        deadline = time.monotonic() + self.connect_timeout_s
+        request = pb.RegisterAgentRequest(job_id=self.job_id, node_id=self.node_id, address=self.address,
+                                          nproc=self.nproc, hostname=socket.gethostname(),
+                                          protocol_version=cfg.PROTOCOL_VERSION)
+        while True:
+            try:
+                response = self.stub.RegisterAgent(request, timeout=5.0, metadata=self.metadata)
+                break
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise AgentError(describe_rpc_error(error, f"coordinator {self.coordinator}")) from None
+                time.sleep(0.5)
+        self.node_id = response.node_id
+        self._node_ref[0] = response.node_id
+        if not self.job_id:
+            self.job_id = response.config.job_id
+        log.info("agent %s registered at %s (shard store %s)", self.node_id, self.coordinator, self.address)
+
+    def _heartbeat_loop(self) -> None:
+        failures_since: float | None = None
+        while not self._stop.wait(self.heartbeat_interval_s):
+            with self._lock:
+                infos = [pb.TrainerInfo(local_rank=t.local_rank, pid=t.process.pid, state=t.state,
+                                        exit_code=t.exit_code) for t in self.trainers.values()]
+            count, size = self.store.stats()
+            self.metrics.shard_store_bytes.set(size)
+            try:
+                response = self.stub.Heartbeat(pb.HeartbeatRequest(node_id=self.node_id, trainers=infos, shard_bytes=size),
+                                               timeout=5.0, metadata=self.metadata)
+                failures_since = None
+            except grpc.RpcError as error:
+                failures_since = failures_since or time.monotonic()
+                if time.monotonic() - failures_since > self.connect_timeout_s:
+                    self._finish("failed", describe_rpc_error(error, f"coordinator {self.coordinator}") +
+                                 f"; gave up after {self.connect_timeout_s:.0f} s")
+                continue
+            if not response.known and response.job_state == "running":
+                try:
+                    self.register()  # the coordinator restarted: re-register under the same node id
+                except AgentError as error:
+                    log.warning("re-registration failed: %s", error)
+                continue
+            if response.min_retained_step > 0:
+                self.store.drop_older_than(response.min_retained_step)
+            for command in response.commands:
+                self._run_command(command)
+            if response.job_state != "running":
+                self._finish(response.job_state, response.message)
+
+    def _run_command(self, command: str) -> None:
+        verb, _, arg = command.partition(":")
+        with self._lock:
+            trainer = self.trainers.get(int(arg)) if arg.isdigit() else None
+        if trainer is None:
+            log.warning("ignoring command %r", command)
+            return
+        if verb == "kill-trainer":
+            log.warning("killing trainer %s on the coordinator's order", arg)
+            trainer.process.kill()
+
+    def _finish(self, state: str, message: str) -> None:
+        if self.job_state == "running":
+            self.job_state, self.job_message = state, message
+
+    # -- trainers ---------------------------------------------------------------------------------
+    def _trainer_command(self) -> list[str]:
+        first = self.command[0]
+        if first.endswith(".py"):
+            return [sys.executable, *self.command]
+        return list(self.command)
+
+    def _spawn(self, local_rank: int) -> subprocess.Popen:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update({
+            cfg.ENV_COORDINATOR: self.coordinator, cfg.ENV_JOB_ID: self.job_id, cfg.ENV_NODE_ID: self.node_id,
+            cfg.ENV_LOCAL_RANK: str(local_rank), cfg.ENV_TOKEN: self.token,
+            "FTRAIN_AGENT_ADDRESS": self.address, "FTRAIN_BIND_HOST": self.host,
+        })
+        env.setdefault("OMP_NUM_THREADS", "1")
+        return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=_die_with_parent)
+
+    def _watch_trainers(self) -> None:
+        while True:
+            with self._lock:
+                trainers = list(self.trainers.values())
+            for trainer in trainers:
+                if trainer.state not in ("running",):
+                    continue
+                code = trainer.process.poll()
+                if code is None:
+                    continue
+                if code == 0:
+                    trainer.state, trainer.exit_code = "finished", 0
+                    continue
+                trainer.exit_code = code
+                will_restart = self.job_state == "running" and trainer.restarts < self.max_restarts
+                trainer.state = "restarting" if will_restart else "exited"
+                try:
+                    self.stub.ReportTrainerExit(pb.TrainerExit(node_id=self.node_id, local_rank=trainer.local_rank,
+                                                               pid=trainer.process.pid, exit_code=code,
+                                                               will_restart=will_restart),
+                                                timeout=5.0, metadata=self.metadata)
+                except grpc.RpcError as error:
+                    log.warning("could not report trainer exit: %s", describe_rpc_error(error, "coordinator"))
+                if will_restart:
+                    log.warning("trainer %d exited with %s; restarting", trainer.local_rank, code)
+                    trainer.process = self._spawn(trainer.local_rank)
+                    trainer.restarts += 1
+                    trainer.state = "running"
+                    self.metrics.trainer_restarts.inc()
+            if self.job_state != "running":
+                return
+            if all(t.state == "finished" for t in trainers) and trainers:
+                # every trainer finished; wait for the coordinator to declare the job complete
+                if self._stop.wait(0.1):
+                    return
+                continue
+            if self._stop.wait(0.05):
+                return
+
+    def run(self) -> int:
+        """Runs until the job completes (0) or fails (1)."""
+        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(self.store, self.job_id, self._node_ref), self.server)
+        add_health_and_reflection(self.server, [agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name])
+        self.server.start()
+        try:
+            self.register()
+        except AgentError as error:
+            log.error("%s", error)
+            self.server.stop(0)
+            return 2
+        self.servicer_job = self.job_id
+        with self._lock:
+            for local_rank in range(self.nproc):
+                self.trainers[local_rank] = TrainerProcess(local_rank, self._spawn(local_rank))
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="ftrain-heartbeat", daemon=True)
+        heartbeat.start()
+        try:
+            self._watch_trainers()
+            # job over: give finished trainers a moment to exit, then make sure none is left
+            deadline = time.monotonic() + (10.0 if self.job_state == "complete" else 2.0)
+            for trainer in self.trainers.values():
+                remaining = max(0.0, deadline - time.monotonic())
+                try:
+                    trainer.process.wait(timeout=remaining)
+                except subprocess.TimeoutExpired:
+                    trainer.process.kill()
+                    trainer.process.wait()
+        finally:
+            self._stop.set()
+            for trainer in self.trainers.values():
+                if trainer.process.poll() is None:
+                    trainer.process.kill()
+            self.server.stop(0.5)
+        if self.job_state == "complete":
+            log.info("agent %s: job complete", self.node_id)
+            return 0
+        log.error("agent %s: job %s: %s", self.node_id, self.job_state, self.job_message)
+        return 1
+
+    def stop(self) -> None:
+        self._finish("failed", "agent stopped")
+        self._stop.set()

@@ -1,0 +1,121 @@
+"""The agent's shard store: peers' erasure-coded snapshot shards, held in this process's memory.
+
+A trainer crash loses nothing here. Shards arrive and leave as streams of multi-MiB chunks;
+every chunk names its job, and a request for another job's shards is refused.
+"""
+from __future__ import annotations
+
+import threading
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import grpc
+
+from ftrain.proto.ftrain.v1 import agent_pb2 as apb, agent_pb2_grpc
+from ftrain.rpc import CHUNK_BYTES
+from ftrain.snapshot.erasure import shard_checksum
+
+MAX_SHARD_BYTES = 64 * 1024 * 1024 * 1024
+
+
+@dataclass
+class StoredShard:
+    step: int
+    data: bytearray
+    crc32: int
+
+
+class ShardStore:
+    """Thread-safe map (blob_id, index) -> shard bytes, with eviction by step."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shards: dict[tuple[str, int], StoredShard] = {}
+
+    def put(self, blob_id: str, index: int, step: int, data: bytearray, crc32: int) -> None:
+        with self._lock:
+            self._shards[(blob_id, index)] = StoredShard(step, data, crc32)
+
+    def get(self, blob_id: str, index: int) -> StoredShard | None:
+        with self._lock:
+            return self._shards.get((blob_id, index))
+
+    def drop_older_than(self, min_step: int) -> int:
+        with self._lock:
+            old = [key for key, shard in self._shards.items() if shard.step < min_step]
+            for key in old:
+                del self._shards[key]
+            return len(old)
+
+    def corrupt(self, step: int) -> list[str]:
+        """Flips bytes in every shard of `step` (fault injection: corrupt-shard)."""
+        hit = []
+        with self._lock:
+            for (blob_id, index), shard in self._shards.items():
+                if shard.step == step and shard.data:
+                    shard.data[len(shard.data) // 2] ^= 0xFF
+                    hit.append(f"{blob_id}#{index}")
+        return hit
+
+    def stats(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._shards), sum(len(s.data) for s in self._shards.values())
+
+
+class AgentServicer(agent_pb2_grpc.AgentServicer):
+    def __init__(self, store: ShardStore, job_id: str, node_id_ref: list[str]) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.node_id_ref = node_id_ref
+
+    def _check_job(self, job_id: str, context: grpc.ServicerContext) -> None:
+        if job_id != self.job_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"this agent serves job {self.job_id!r}, not {job_id!r}")
+
+    def PutShard(self, request_iterator: Iterator[apb.ShardChunk], context: grpc.ServicerContext) -> apb.PutShardResponse:
+        buffer: bytearray | None = None
+        first: apb.ShardChunk | None = None
+        for chunk in request_iterator:
+            if first is None:
+                self._check_job(chunk.job_id, context)
+                if chunk.total_len > MAX_SHARD_BYTES:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard of {chunk.total_len} bytes is over the limit")
+                first = chunk
+                buffer = bytearray(chunk.total_len)
+            end = chunk.offset + len(chunk.data)
+            if end > len(buffer):  # type: ignore[arg-type]
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"chunk at offset {chunk.offset} (+{len(chunk.data)}) overruns the shard ({len(buffer)} bytes)")  # type: ignore[arg-type]
+            buffer[chunk.offset:end] = chunk.data  # type: ignore[index]
+        if first is None or buffer is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty shard stream")
+        if shard_checksum(buffer) != first.crc32:  # type: ignore[union-attr]
+            context.abort(grpc.StatusCode.DATA_LOSS, f"shard {first.blob_id}#{first.index} arrived corrupted (crc mismatch)")  # type: ignore[union-attr]
+        self.store.put(first.blob_id, first.index, first.step, buffer, first.crc32)  # type: ignore[union-attr]
+        return apb.PutShardResponse(ok=True, bytes=len(buffer))
+
+    def GetShard(self, request: apb.GetShardRequest, context: grpc.ServicerContext) -> Iterator[apb.ShardChunk]:
+        self._check_job(request.job_id, context)
+        shard = self.store.get(request.blob_id, request.index)
+        if shard is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.blob_id}#{request.index} on this agent")
+        view = memoryview(shard.data)  # type: ignore[union-attr]
+        total = len(view)
+        offset = 0
+        while True:
+            piece = bytes(view[offset:offset + CHUNK_BYTES])
+            yield apb.ShardChunk(job_id=self.job_id, blob_id=request.blob_id, index=request.index, step=shard.step,  # type: ignore[union-attr]
+                                 offset=offset, total_len=total, crc32=shard.crc32, data=piece)  # type: ignore[union-attr]
+            offset += len(piece)
+            if offset >= total:
+                return
+
+    def Ping(self, request: apb.PingRequest, context: grpc.ServicerContext) -> apb.PingResponse:
+        count, size = self.store.stats()
+        return apb.PingResponse(node_id=self.node_id_ref[0], job_id=self.job_id, shard_count=count, shard_bytes=size)
+
+    def CorruptShards(self, request: apb.CorruptRequest, context: grpc.ServicerContext) -> apb.CorruptResponse:
+        self._check_job(request.job_id, context)
+        return apb.CorruptResponse(corrupted=self.store.corrupt(request.step))

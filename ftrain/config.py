@@ -1,0 +1,169 @@
+"""Validated job configuration: `--ec`, `--inject` fault specs, and the trainer environment.
+
+Pure parsing: every bad value raises `ConfigError` naming the field, what was wrong, and the fix.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+ENV_COORDINATOR = "FTRAIN_COORDINATOR"
+ENV_JOB_ID = "FTRAIN_JOB_ID"
+ENV_NODE_ID = "FTRAIN_NODE_ID"
+ENV_LOCAL_RANK = "FTRAIN_LOCAL_RANK"
+ENV_TOKEN = "FTRAIN_TOKEN"
+TOKEN_METADATA_KEY = "x-ftrain-token"
+PROTOCOL_VERSION = 1
+
+FAULT_KINDS = ("kill-rank", "kill-node", "hang-rank", "slow-rank", "corrupt-shard")
+MODES = ("sync", "async")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ErasureSpec:
+    """`--ec K+M`: K data shards and M parity shards per snapshot blob."""
+
+    k: int
+    m: int
+
+    def __str__(self) -> str:
+        return f"{self.k}+{self.m}"
+
+
+def parse_ec(spec: str) -> ErasureSpec:
+    match = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", spec or "")
+    if not match:
+        raise ConfigError(f"--ec: expected K+M with whole numbers, e.g. 4+2; got {spec!r}")
+    k, m = int(match.group(1)), int(match.group(2))
+    if k < 1:
+        raise ConfigError(f"--ec: K (data shards) must be >= 1; got {spec!r}. Use e.g. 4+2")
+    if k + m > 255:
+        raise ConfigError(f"--ec: K+M must be <= 255 (GF(2^8) Reed-Solomon); got {spec!r}")
+    return ErasureSpec(k, m)
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One `--inject` fault: what, on which rank/node, and when (step) or how much (factor)."""
+
+    kind: str
+    target: int
+    step: int | None = None
+    factor: float | None = None
+    raw: str = ""
+
+    @property
+    def fault_id(self) -> str:
+        return self.raw or f"{self.kind}:{self.target}"
+
+
+_FAULT_RE = re.compile(r"^(?P<kind>[a-z-]+):(?P<target>\d+)(?:@step=(?P<step>\d+)|x(?P<factor>[0-9]*\.?[0-9]+))?$")
+
+
+def parse_fault(spec: str) -> FaultSpec:
+    text = (spec or "").strip()
+    match = _FAULT_RE.match(text)
+    if not match:
+        raise ConfigError(
+            f"--inject: cannot parse {spec!r}; expected KIND:TARGET@step=S (e.g. kill-node:1@step=20) "
+            f"or slow-rank:RxF (e.g. slow-rank:1x3.0); kinds: {', '.join(FAULT_KINDS)}"
+        )
+    kind = match.group("kind")
+    if kind not in FAULT_KINDS:
+        raise ConfigError(f"--inject: unknown fault kind {kind!r} in {spec!r}; use one of {', '.join(FAULT_KINDS)}")
+    target = int(match.group("target"))
+    step = int(match.group("step")) if match.group("step") is not None else None
+    factor = float(match.group("factor")) if match.group("factor") is not None else None
+    if kind == "slow-rank":
+        if factor is None:
+            raise ConfigError(f"--inject: slow-rank needs a factor, e.g. slow-rank:{target}x3.0; got {spec!r}")
+        if factor < 1.0:
+            raise ConfigError(f"--inject: slow-rank factor must be >= 1.0 (a slowdown); got {factor} in {spec!r}")
+    else:
+        if step is None:
+            raise ConfigError(f"--inject: {kind} needs a step, e.g. {kind}:{target}@step=20; got {spec!r}")
+        if factor is not None:
+            raise ConfigError(f"--inject: only slow-rank takes a factor; use {kind}:{target}@step=S")
+    return FaultSpec(kind=kind, target=target, step=step, factor=factor, raw=text)
+
+
+@dataclass
+class JobSettings:
+    """Everything the coordinator needs to run one job (validated)."""
+
+    job_id: str = "ftrain-job"
+    target_nodes: int = 1
+    min_nodes: int = 1
+    snapshot_every: int = 1
+    ec: ErasureSpec = field(default_factory=lambda: ErasureSpec(4, 2))
+    mode: str = "sync"
+    strategy: str = ""
+    inject: tuple[FaultSpec, ...] = ()
+    replace_timeout_s: float = 60.0
+    collective_timeout_s: float = 30.0
+    heartbeat_dead_after_s: float = 10.0
+    heartbeat_suspect_after_s: float = 3.0
+    compress: str = "none"
+
+    def validate(self) -> "JobSettings":
+        if self.target_nodes < 1:
+            raise ConfigError(f"--nodes must be >= 1; got {self.target_nodes}")
+        if not 1 <= self.min_nodes <= self.target_nodes:
+            raise ConfigError(f"--min-nodes must be between 1 and --nodes ({self.target_nodes}); got {self.min_nodes}")
+        if self.snapshot_every < 1:
+            raise ConfigError(f"--snapshot-every must be >= 1; got {self.snapshot_every}")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.compress not in ("none", "zstd"):
+            raise ConfigError(f"--compress must be 'none' or 'zstd'; got {self.compress!r}")
+        if self.collective_timeout_s <= 0:
+            raise ConfigError(f"collective timeout must be > 0 s; got {self.collective_timeout_s}")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.job_id):
+            raise ConfigError(f"job id must be lowercase letters, digits and '-', 1-63 characters; got {self.job_id!r}")
+        for fault in self.inject:
+            if fault.kind in ("kill-node", "corrupt-shard") and fault.target >= self.target_nodes:
+                raise ConfigError(
+                    f"--inject {fault.raw}: node index {fault.target} does not exist (nodes are 0..{self.target_nodes - 1})"
+                )
+        return self
+
+
+@dataclass(frozen=True)
+class TrainerEnv:
+    """The environment the agent gives each trainer (DESIGN.md section 3)."""
+
+    coordinator: str
+    job_id: str
+    node_id: str
+    local_rank: int
+    token: str
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "TrainerEnv | None":
+        env = os.environ if environ is None else environ
+        if not env.get(ENV_COORDINATOR):
+            return None
+        missing = [k for k in (ENV_JOB_ID, ENV_NODE_ID, ENV_LOCAL_RANK, ENV_TOKEN) if not env.get(k)]
+        if missing:
+            raise ConfigError(
+                f"{ENV_COORDINATOR} is set but {', '.join(missing)} missing: start trainers through "
+                f"`ftrain agent` / `ftrain launch`, or unset {ENV_COORDINATOR} to run as a single process"
+            )
+        try:
+            local_rank = int(env[ENV_LOCAL_RANK])
+        except ValueError:
+            raise ConfigError(f"{ENV_LOCAL_RANK} must be a whole number; got {env[ENV_LOCAL_RANK]!r}") from None
+        return cls(env[ENV_COORDINATOR], env[ENV_JOB_ID], env[ENV_NODE_ID], local_rank, env[ENV_TOKEN])
+
+
+def parse_host_port(value: str, what: str = "--coordinator") -> tuple[str, int]:
+    host, sep, port = (value or "").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: expected HOST:PORT (e.g. 127.0.0.1:29400); got {value!r}")
+    return host, int(port)

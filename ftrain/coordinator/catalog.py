@@ -1,0 +1,79 @@
+"""Snapshot catalog (pure): which blobs of which step sit where, and which steps are committed.
+
+A step is committed when every rank of the generation that captured it has reported its blob
+stored on all placed agents. The newest two committed steps are kept (recovery restores the
+newest); reports from an older generation are refused, so a step can never be committed by a
+membership that no longer exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    step: int
+    producer_rank: int
+    producer_world_size: int
+    producer_trainer: str
+    producer_node: str
+    shard_nodes: tuple[str, ...]
+    info: Any  # the wire descriptor (ftrain.v1.BlobInfo), kept opaque here
+
+
+class Catalog:
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.generation = -1
+        self.world_size = 0
+        self._partial: dict[int, dict[int, BlobRecord]] = {}
+        self._committed: dict[int, list[BlobRecord]] = {}
+
+    def open_generation(self, generation: int, world_size: int) -> None:
+        self.generation = generation
+        self.world_size = world_size
+        self._partial.clear()
+
+    def record(self, generation: int, blob: BlobRecord) -> bool:
+        """Adds one rank's stored blob. Returns True if this report committed its step."""
+        if generation != self.generation or blob.producer_world_size != self.world_size:
+            return False
+        if blob.step in self._committed:
+            return False
+        reports = self._partial.setdefault(blob.step, {})
+        reports[blob.producer_rank] = blob
+        if len(reports) < self.world_size:
+            return False
+        self._committed[blob.step] = [reports[r] for r in sorted(reports)]
+        del self._partial[blob.step]
+        for step in [s for s in self._partial if s < blob.step]:
+            del self._partial[step]
+        for step in sorted(self._committed)[: -self.keep]:
+            del self._committed[step]
+        return True
+
+    @property
+    def newest_committed(self) -> int:
+        return max(self._committed) if self._committed else -1
+
+    @property
+    def committed_steps(self) -> list[int]:
+        return sorted(self._committed)
+
+    def blobs(self, step: int) -> list[BlobRecord]:
+        return list(self._committed.get(step, []))
+
+    def min_retained_step(self) -> int:
+        """Agents may drop shards of steps older than this (uncommitted newer steps are kept)."""
+        return min(self._committed) if self._committed else -1
+
+    def drop_nodes(self, dead: set[str]) -> list[tuple[int, str, int]]:
+        """Lists (step, blob producer, lost shard count) for committed blobs that lost shards."""
+        lost = []
+        for step, records in self._committed.items():
+            for record in records:
+                count = sum(1 for node in record.shard_nodes if node in dead)
+                if count:
+                    lost.append((step, record.producer_trainer, count))
+        return lost

@@ -1,0 +1,207 @@
+"""Membership and generations (pure): which nodes hold which slots, and when a generation forms.
+
+Every membership change (a dead trainer or node, a node that joins) opens a new *pending*
+generation; it *forms* once every trainer of every live slot has asked to join it. Ranks are
+dealt out in slot order, so a replacement node that takes a dead node's slot gets the dead
+node's ranks, which keeps a fixed-size job bit-identical to a failure-free run. A dead node's
+slot waits `replace_timeout_s` for a replacement; after that the job shrinks to the survivors,
+never below `min_nodes`. Nodes that join while every slot is taken wait as spares and fill the
+next free slot at once. No I/O and no clock: callers pass `now`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+def _natural_key(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+@dataclass
+class NodeRecord:
+    node_id: str
+    address: str
+    nproc: int
+    alive: bool = True
+    slot: int | None = None
+
+
+@dataclass(frozen=True)
+class RankAssignment:
+    rank: int
+    node_id: str
+    local_rank: int
+    trainer_uid: str
+
+
+@dataclass
+class Generation:
+    number: int
+    ranks: list[RankAssignment]
+    formed_at: float
+    batch_shares: list[int] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    def rank_of(self, trainer_uid: str) -> int | None:
+        for assignment in self.ranks:
+            if assignment.trainer_uid == trainer_uid:
+                return assignment.rank
+        return None
+
+    def node_ids(self) -> list[str]:
+        seen: list[str] = []
+        for assignment in self.ranks:
+            if assignment.node_id not in seen:
+                seen.append(assignment.node_id)
+        return seen
+
+
+class Membership:
+    """Slots, nodes, waiting trainers and the generation state machine."""
+
+    def __init__(self, target_nodes: int, min_nodes: int, replace_timeout_s: float) -> None:
+        if not 1 <= min_nodes <= target_nodes:
+            raise ValueError(f"min_nodes must be in 1..target_nodes ({target_nodes}); got {min_nodes}")
+        self.target_nodes = target_nodes
+        self.min_nodes = min_nodes
+        self.replace_timeout_s = replace_timeout_s
+        self.slots: list[str | None] = [None] * target_nodes
+        self.nodes: dict[str, NodeRecord] = {}
+        self.waiting: dict[tuple[str, int], str] = {}
+        self.formed: Generation | None = None
+        self.number = -1                      # newest generation number (formed or pending)
+        self.pending_since: float | None = 0.0  # the first generation is pending from the start
+        self.batch_shares: list[int] = []
+        self._node_counter = 0
+
+    # -- nodes -----------------------------------------------------------------------------
+    def new_node_id(self) -> str:
+        while f"node{self._node_counter}" in self.nodes:
+            self._node_counter += 1
+        return f"node{self._node_counter}"
+
+    def register_node(self, node_id: str, address: str, nproc: int, now: float) -> str:
+        """Adds (or re-adds) a node; fills a free slot if there is one, else it waits as a spare."""
+        node_id = node_id or self.new_node_id()
+        record = self.nodes.get(node_id)
+        if record is not None and record.alive:
+            record.address, record.nproc = address, nproc  # re-registration (coordinator restarted)
+            return node_id
+        record = NodeRecord(node_id=node_id, address=address, nproc=nproc)
+        self.nodes[node_id] = record
+        self._fill_free_slots(now)
+        return node_id
+
+    def node_dead(self, node_id: str, now: float) -> bool:
+        """Marks a node dead; frees its slot. Returns True if membership changed."""
+        record = self.nodes.get(node_id)
+        if record is None or not record.alive:
+            return False
+        record.alive = False
+        for key in [key for key in self.waiting if key[0] == node_id]:
+            del self.waiting[key]
+        if record.slot is not None:
+            self.slots[record.slot] = None
+            record.slot = None
+            self._open_pending(now)
+            self._fill_free_slots(now)
+        return True
+
+    def trainer_failed(self, node_id: str, local_rank: int, now: float) -> bool:
+        """A trainer process died (its node lives and restarts it). Returns True if a generation opened."""
+        self.waiting.pop((node_id, local_rank), None)
+        record = self.nodes.get(node_id)
+        if record is None or record.slot is None:
+            return False
+        return self._open_pending(now)
+
+    def collective_failed(self, generation: int, now: float) -> bool:
+        """A trainer of `generation` saw a collective fail: everyone re-forms (cause found later)."""
+        if self.formed is None or generation != self.formed.number:
+            return False
+        return self._open_pending(now)
+
+    def request_reconfigure(self, now: float, batch_shares: list[int] | None = None) -> bool:
+        if batch_shares is not None:
+            self.batch_shares = list(batch_shares)
+        return self._open_pending(now)
+
+    def evict(self, node_id: str, now: float) -> bool:
+        return self.node_dead(node_id, now)
+
+    # -- trainers --------------------------------------------------------------------------
+    def trainer_waiting(self, trainer_uid: str, node_id: str, local_rank: int) -> None:
+        record = self.nodes.get(node_id)
+        if record is None or not record.alive:
+            return
+        self.waiting[(node_id, local_rank)] = trainer_uid
+
+    def assignment_for(self, trainer_uid: str) -> RankAssignment | None:
+        if self.formed is None:
+            return None
+        for assignment in self.formed.ranks:
+            if assignment.trainer_uid == trainer_uid:
+                return assignment
+        return None
+
+    # -- generations -----------------------------------------------------------------------
+    @property
+    def pending(self) -> bool:
+        return self.pending_since is not None
+
+    def live_slot_nodes(self) -> list[NodeRecord]:
+        return [self.nodes[node_id] for node_id in self.slots if node_id is not None]
+
+    def try_form(self, now: float) -> Generation | None:
+        """Forms the pending generation when its trainers are all waiting. Returns it if formed."""
+        if self.pending_since is None:
+            return None
+        live = self.live_slot_nodes()
+        full = len(live) == self.target_nodes
+        # the first generation waits for every node; later ones shrink after the replace timeout
+        waited = self.formed is not None and now - self.pending_since >= self.replace_timeout_s
+        if not live or (not full and not (waited and len(live) >= self.min_nodes)):
+            return None
+        if any((node.node_id, lr) not in self.waiting for node in live for lr in range(node.nproc)):
+            return None
+        if self.formed is None:
+            # the first generation deals ranks in node-id order, so reruns of a job get the same ranks
+            live.sort(key=lambda node: _natural_key(node.node_id))
+            for index, node in enumerate(live):
+                self.slots[index], node.slot = node.node_id, index
+        ranks: list[RankAssignment] = []
+        for node in live:
+            for local_rank in range(node.nproc):
+                uid = self.waiting[(node.node_id, local_rank)]
+                ranks.append(RankAssignment(len(ranks), node.node_id, local_rank, uid))
+        self.number = max(self.number, 0 if self.formed is None else self.formed.number + 1)
+        shares = self.batch_shares if len(self.batch_shares) == len(ranks) else []
+        self.formed = Generation(self.number, ranks, now, list(shares))
+        self.pending_since = None
+        self.waiting.clear()
+        return self.formed
+
+    def shrink_deadline(self) -> float | None:
+        return None if self.pending_since is None else self.pending_since + self.replace_timeout_s
+
+    # -- internals -------------------------------------------------------------------------
+    def _open_pending(self, now: float) -> bool:
+        if self.pending_since is not None:
+            return False
+        self.pending_since = now
+        self.number = (self.formed.number if self.formed else self.number) + 1
+        return True
+
+    def _fill_free_slots(self, now: float) -> None:
+        spares = [n for n in self.nodes.values() if n.alive and n.slot is None]
+        for index, holder in enumerate(self.slots):
+            if holder is None and spares:
+                node = spares.pop(0)
+                node.slot = index
+                self.slots[index] = node.node_id
+                if self.formed is not None:
+                    self._open_pending(now)  # grow back / replace: a new generation takes the node in

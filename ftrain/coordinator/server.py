@@ -1,0 +1,478 @@
+"""The coordinator process: a thin gRPC shell around membership, catalog and detection.
+
+It also hosts the torch.distributed TCPStore every generation rendezvouses on (with a
+generation-specific key prefix, so a stale rank can never join a newer group), pings agents
+when a trainer reports a failed collective (a killed node is found in milliseconds, not after
+the heartbeat timeout), and serves Prometheus metrics.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import grpc
+
+from ftrain import metrics as metrics_mod
+from ftrain.config import PROTOCOL_VERSION, JobSettings
+from ftrain.coordinator.catalog import BlobRecord, Catalog
+from ftrain.coordinator.membership import Generation, Membership
+from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
+from ftrain.rpc import add_health_and_reflection, bind, make_server, open_channel, token_metadata
+
+log = logging.getLogger("ftrain.coordinator")
+
+
+@dataclass
+class GenerationPlan:
+    generation: Generation
+    restore_step: int
+    blobs: list[pb.BlobInfo] = field(default_factory=list)
+
+
+class JobFailed(Exception):
+    pass
+
+
+class CoordinatorState:
+    """All mutable coordinator state, guarded by one condition variable."""
+
+    def __init__(self, settings: JobSettings, store_address: str, metrics: metrics_mod.Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.store_address = store_address
+        self.metrics = metrics
+        self.clock = clock
+        self.cond = threading.Condition()
+        self.membership = Membership(settings.target_nodes, settings.min_nodes, settings.replace_timeout_s)
+        self.catalog = Catalog(keep=2)
+        self.plan: GenerationPlan | None = None
+        self.last_seen: dict[str, float] = {}
+        self.trainers: dict[str, list[pb.TrainerInfo]] = {}
+        self.commands: dict[str, list[str]] = collections.defaultdict(list)
+        self.fired_faults: set[str] = set()
+        self.finished: set[int] = set()
+        self.job_state = "running"
+        self.message = ""
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.failure_since: float | None = None
+        self.started_at = clock()
+        self.progress: dict[int, tuple[int, float]] = {}
+        self.compute_times: dict[int, float] = {}
+        self.stall_s: float = 0.0
+        self.snapshot_interval_s: float = 0.0
+        self._last_commit_time: float | None = None
+        self.recoveries = 0
+        self.failures = 0
+
+    # -- events ----------------------------------------------------------------------------
+    def event(self, kind: str, message: str, **extra: Any) -> None:
+        record = {"time": round(time.time(), 3), "kind": kind, "message": message, **extra}
+        self.events.append(record)
+        log.info("%s: %s", kind, message)
+
+    def config_message(self) -> pb.JobConfig:
+        s = self.settings
+        return pb.JobConfig(
+            job_id=s.job_id, target_nodes=s.target_nodes, min_nodes=s.min_nodes, snapshot_every=s.snapshot_every,
+            ec_k=s.ec.k, ec_m=s.ec.m, mode=s.mode, strategy=s.strategy, inject=[f.raw for f in s.inject],
+            collective_timeout_s=s.collective_timeout_s, compress=s.compress,
+        )
+
+    # -- failure handling (call with the lock held) ----------------------------------------
+    def _record_failure(self, kind: str, message: str) -> None:
+        self.failures += 1
+        self.metrics.failures.labels(kind=kind).inc()
+        if self.failure_since is None:
+            self.failure_since = self.clock()
+        self.event("failure", message, failure_kind=kind)
+
+    def node_dead(self, node_id: str, reason: str) -> None:
+        if self.membership.node_dead(node_id, self.clock()):
+            self._record_failure("node", f"node {node_id} lost ({reason})")
+            self.metrics.heartbeat_age.remove(node_id) if node_id in self.last_seen else None
+            self.last_seen.pop(node_id, None)
+            self.try_form()
+            self.cond.notify_all()
+
+    def try_form(self) -> None:
+        if self.job_state != "running":
+            return
+        generation = self.membership.try_form(self.clock())
+        if generation is None:
+            return
+        self.catalog_check_and_plan(generation)
+
+    def catalog_check_and_plan(self, generation: Generation) -> None:
+        restore_step = self.catalog.newest_committed
+        blobs: list[pb.BlobInfo] = []
+        lost: list[str] = []
+        members = {a.trainer_uid: a.rank for a in generation.ranks}
+        for index, record in enumerate(self.catalog.blobs(restore_step)):
+            info = pb.BlobInfo()
+            info.CopyFrom(record.info)
+            holder = members.get(record.producer_trainer)
+            if holder is not None:
+                info.source_rank, info.source_holds_local = holder, True
+            else:
+                live = [s for s in info.shards if self.membership.nodes.get(s.node_id) and
+                        self.membership.nodes[s.node_id].alive]
+                if len(live) < info.k:
+                    missing = sorted(s.index for s in info.shards if s not in live)
+                    lost.append(
+                        f"blob {info.blob_id} (rank {info.producer_rank} of step {restore_step}) has "
+                        f"{len(live)} of {info.k + info.m} shards left, needs {info.k}; lost shards {missing} "
+                        f"on nodes {sorted({s.node_id for s in info.shards if s not in live})}"
+                    )
+                info.source_rank, info.source_holds_local = index % generation.world_size, False
+            blobs.append(info)
+        if lost:
+            self.fail(
+                f"unrecoverable: more simultaneous losses than the erasure code tolerates. Last committed step "
+                f"{restore_step}. " + "; ".join(lost)
+            )
+            return
+        self.plan = GenerationPlan(generation, restore_step, blobs)
+        self.catalog.open_generation(generation.number, generation.world_size)
+        self.finished.clear()
+        self.progress.clear()
+        self.metrics.generation.set(generation.number)
+        self.metrics.world_size.set(generation.world_size)
+        if self.failure_since is not None:
+            self.recoveries += 1
+            self.metrics.recoveries.inc()
+        self.event(
+            "generation",
+            f"generation {generation.number} formed: world size {generation.world_size} on nodes "
+            f"{', '.join(generation.node_ids())}; restore step {restore_step}",
+            generation=generation.number, world_size=generation.world_size, restore_step=restore_step,
+        )
+        self.cond.notify_all()
+
+    def fail(self, message: str) -> None:
+        if self.job_state == "running":
+            self.job_state = "failed"
+            self.message = message
+            self.event("job-failed", message)
+            self.cond.notify_all()
+
+    # -- periodic checks -------------------------------------------------------------------
+    def tick(self) -> list[str]:
+        """Heartbeat-based detection and shrink timeouts. Returns nodes to probe (none here)."""
+        now = self.clock()
+        with self.cond:
+            for node_id, seen in list(self.last_seen.items()):
+                age = now - seen
+                self.metrics.heartbeat_age.labels(node=node_id).set(age)
+                if age >= self.settings.heartbeat_dead_after_s:
+                    self.node_dead(node_id, f"no heartbeat for {age:.1f} s")
+            self.try_form()
+        return []
+
+    def status(self) -> dict[str, Any]:
+        with self.cond:
+            m = self.membership
+            plan = self.plan
+            members = []
+            for node in m.nodes.values():
+                members.append({
+                    "node": node.node_id, "address": node.address, "nproc": node.nproc, "alive": node.alive,
+                    "slot": node.slot, "heartbeat_age_s": round(self.clock() - self.last_seen[node.node_id], 2)
+                    if node.node_id in self.last_seen else None,
+                    "ranks": [a.rank for a in plan.generation.ranks if a.node_id == node.node_id] if plan else [],
+                })
+            return {
+                "job_id": self.settings.job_id,
+                "state": self.job_state,
+                "message": self.message,
+                "generation": plan.generation.number if plan else -1,
+                "pending_generation": m.pending,
+                "world_size": plan.generation.world_size if plan else 0,
+                "last_committed_step": self.catalog.newest_committed,
+                "committed_steps": self.catalog.committed_steps,
+                "mode": self.settings.mode,
+                "ec": str(self.settings.ec),
+                "snapshot_every": self.settings.snapshot_every,
+                "snapshot_stall_s": round(self.stall_s, 6),
+                "snapshot_interval_s": round(self.snapshot_interval_s, 4),
+                "failures": self.failures,
+                "recoveries": self.recoveries,
+                "stragglers": [],
+                "members": members,
+                "events": list(self.events)[-20:],
+                "uptime_s": round(self.clock() - self.started_at, 1),
+            }
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    """gRPC methods; each one takes the lock, updates the pure state, and notifies waiters."""
+
+    def __init__(self, state: CoordinatorState, token: str) -> None:
+        self.s = state
+        self.token = token
+        self._probing = threading.Lock()
+
+    # agents ----------------------------------------------------------------------------------
+    def RegisterAgent(self, request: pb.RegisterAgentRequest, context: grpc.ServicerContext) -> pb.RegisterAgentResponse:
+        s = self.s
+        if request.protocol_version and request.protocol_version != PROTOCOL_VERSION:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"agent speaks protocol {request.protocol_version}, coordinator {PROTOCOL_VERSION}: "
+                          "run the same ftrain version everywhere")
+        if request.job_id and request.job_id != s.settings.job_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"agent belongs to job {request.job_id!r}, this coordinator runs {s.settings.job_id!r}")
+        if request.nproc < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nproc must be >= 1")
+        with s.cond:
+            node_id = s.membership.register_node(request.node_id, request.address, request.nproc, s.clock())
+            s.last_seen[node_id] = s.clock()
+            s.event("node-joined", f"node {node_id} ({request.hostname or request.address}) registered with "
+                                   f"{request.nproc} trainer(s)", node=node_id)
+            s.try_form()
+            s.cond.notify_all()
+        return pb.RegisterAgentResponse(node_id=node_id, config=s.config_message())
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
+        s = self.s
+        with s.cond:
+            node = s.membership.nodes.get(request.node_id)
+            if node is None or not node.alive:
+                return pb.HeartbeatResponse(job_state=s.job_state, known=False, message="unknown node: re-register")
+            s.last_seen[request.node_id] = s.clock()
+            s.trainers[request.node_id] = list(request.trainers)
+            commands = s.commands.pop(request.node_id, [])
+            return pb.HeartbeatResponse(job_state=s.job_state, min_retained_step=s.catalog.min_retained_step(),
+                                        commands=commands, message=s.message, known=True)
+
+    def ReportTrainerExit(self, request: pb.TrainerExit, context: grpc.ServicerContext) -> pb.Ack:
+        s = self.s
+        with s.cond:
+            if s.job_state != "running":
+                return pb.Ack(ok=True)
+            how = f"signal {-request.exit_code}" if request.exit_code < 0 else f"exit code {request.exit_code}"
+            if s.membership.trainer_failed(request.node_id, request.local_rank, s.clock()) or s.membership.pending:
+                s._record_failure("rank", f"trainer {request.node_id}/{request.local_rank} (pid {request.pid}) died: {how}")
+            if not request.will_restart:
+                s.fail(f"trainer {request.node_id}/{request.local_rank} keeps failing ({how}); its agent gave up")
+            s.try_form()
+            s.cond.notify_all()
+        return pb.Ack(ok=True)
+
+    # trainers --------------------------------------------------------------------------------
+    def JoinGeneration(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.GenerationAssignment:
+        s = self.s
+        deadline = time.monotonic() + min(max(request.wait_s, 0.1), 60.0)
+        with s.cond:
+            s.membership.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
+            s.try_form()
+            while True:
+                if s.job_state != "running":
+                    return pb.GenerationAssignment(status=s.job_state, message=s.message)
+                plan = s.plan
+                if plan is not None and plan.generation.number > request.known_generation and not s.membership.pending:
+                    rank = plan.generation.rank_of(request.trainer_uid)
+                    if rank is not None:
+                        return self._assignment(plan, rank)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not context.is_active():
+                    return pb.GenerationAssignment(status="wait")
+                s.cond.wait(min(remaining, 0.5))
+                if s.membership.pending and request.trainer_uid not in s.membership.waiting.values():
+                    s.membership.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
+                s.try_form()
+
+    def _assignment(self, plan: GenerationPlan, rank: int) -> pb.GenerationAssignment:
+        s = self.s
+        members = []
+        for node_id in plan.generation.node_ids():
+            node = s.membership.nodes[node_id]
+            first = min(a.rank for a in plan.generation.ranks if a.node_id == node_id)
+            members.append(pb.Member(node_id=node_id, address=node.address, first_rank=first, nproc=node.nproc))
+        return pb.GenerationAssignment(
+            status="ok", generation=plan.generation.number, rank=rank, world_size=plan.generation.world_size,
+            store_address=s.store_address, restore_step=plan.restore_step, restore_blobs=plan.blobs,
+            members=members, config=s.config_message(), batch_shares=plan.generation.batch_shares,
+        )
+
+    def WatchGeneration(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchResponse:
+        s = self.s
+        deadline = time.monotonic() + min(max(request.wait_s, 0.1), 60.0)
+        with s.cond:
+            while (s.membership.number == request.known_generation and s.job_state == "running"
+                   and time.monotonic() < deadline and context.is_active()):
+                s.cond.wait(min(deadline - time.monotonic(), 0.5) if deadline > time.monotonic() else 0)
+            return pb.WatchResponse(generation=s.membership.number, job_state=s.job_state)
+
+    def ReportFailure(self, request: pb.FailureReport, context: grpc.ServicerContext) -> pb.Ack:
+        s = self.s
+        with s.cond:
+            opened = s.membership.collective_failed(request.generation, s.clock())
+            if opened:
+                s.event("collective-failed", f"rank {request.rank} of generation {request.generation}: "
+                                             f"{request.reason[:200]}")
+                if s.failure_since is None:
+                    s.failure_since = s.clock()
+                s.cond.notify_all()
+        threading.Thread(target=self._probe_agents, name="ftrain-probe", daemon=True).start()
+        return pb.Ack(ok=True)
+
+    def _probe_agents(self) -> None:
+        """Pings every live agent; one that refuses connections is dead (its node was lost)."""
+        if not self._probing.acquire(blocking=False):
+            return
+        try:
+            with self.s.cond:
+                targets = [(n.node_id, n.address) for n in self.s.membership.nodes.values() if n.alive]
+            for node_id, address in targets:
+                channel = open_channel(address)
+                try:
+                    agent_pb2_grpc.AgentStub(channel).Ping(agent_pb2.PingRequest(), timeout=2.0,
+                                                           metadata=token_metadata(self.token))
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.UNAVAILABLE:
+                        with self.s.cond:
+                            self.s.node_dead(node_id, "agent unreachable")
+                finally:
+                    channel.close()
+        finally:
+            self._probing.release()
+
+    def ReportSnapshot(self, request: pb.SnapshotReport, context: grpc.ServicerContext) -> pb.SnapshotAck:
+        s = self.s
+        with s.cond:
+            blob = request.blob
+            record = BlobRecord(step=blob.step, producer_rank=blob.producer_rank,
+                                producer_world_size=blob.producer_world_size, producer_trainer=blob.producer_trainer,
+                                producer_node=blob.producer_node, shard_nodes=tuple(x.node_id for x in blob.shards),
+                                info=blob)
+            accepted = s.plan is not None and request.generation == s.plan.generation.number and not s.membership.pending
+            if accepted:
+                s.metrics.snapshot_bytes.inc(blob.size)
+                if request.stall_s:
+                    s.metrics.snapshot_stall.observe(request.stall_s)
+                    s.stall_s = request.stall_s
+                if request.snapshot_duration_s:
+                    s.metrics.snapshot_duration.observe(request.snapshot_duration_s)
+                if request.compute_time_s:
+                    s.compute_times[request.rank] = request.compute_time_s
+                if s.catalog.record(request.generation, record):
+                    self._committed(request.step)
+            return pb.SnapshotAck(accepted=accepted, current_generation=s.membership.number,
+                                  last_committed_step=s.catalog.newest_committed)
+
+    def _committed(self, step: int) -> None:
+        s = self.s
+        now = s.clock()
+        s.metrics.step.set(step)
+        if s._last_commit_time is not None:
+            s.snapshot_interval_s = now - s._last_commit_time
+        s._last_commit_time = now
+        if s.failure_since is not None:
+            duration = now - s.failure_since
+            s.metrics.recovery_duration.observe(duration)
+            s.event("recovered", f"step {step} committed {duration:.2f} s after the failure", recovery_s=round(duration, 3))
+            s.failure_since = None
+        s.cond.notify_all()
+
+    def WaitCommitted(self, request: pb.WaitCommittedRequest, context: grpc.ServicerContext) -> pb.WaitCommittedResponse:
+        s = self.s
+        deadline = time.monotonic() + min(max(request.wait_s, 0.1), 60.0)
+        with s.cond:
+            while True:
+                committed = s.catalog.newest_committed >= request.step
+                moved = s.membership.number != request.generation or s.job_state != "running"
+                if committed or moved or time.monotonic() >= deadline or not context.is_active():
+                    return pb.WaitCommittedResponse(committed=committed, current_generation=s.membership.number
+                                                    if s.job_state == "running" else -1,
+                                                    last_committed_step=s.catalog.newest_committed)
+                s.cond.wait(min(deadline - time.monotonic(), 0.5))
+
+    def ReportProgress(self, request: pb.ProgressReport, context: grpc.ServicerContext) -> pb.Ack:
+        with self.s.cond:
+            self.s.progress[request.rank] = (request.step, self.s.clock())
+        return pb.Ack(ok=True)
+
+    def ClaimFault(self, request: pb.FaultClaim, context: grpc.ServicerContext) -> pb.Ack:
+        s = self.s
+        with s.cond:
+            if request.fault in s.fired_faults or request.fault not in {f.raw for f in s.settings.inject}:
+                return pb.Ack(ok=False)
+            s.fired_faults.add(request.fault)
+            s.event("inject", f"injecting {request.fault} (rank {request.rank} at step {request.step})")
+        return pb.Ack(ok=True)
+
+    def ReportFinished(self, request: pb.FinishedReport, context: grpc.ServicerContext) -> pb.Ack:
+        s = self.s
+        with s.cond:
+            plan = s.plan
+            if plan is not None and request.generation == plan.generation.number:
+                s.finished.add(request.rank)
+                if len(s.finished) == plan.generation.world_size and s.job_state == "running":
+                    s.job_state = "complete"
+                    s.event("job-complete", f"all {plan.generation.world_size} ranks finished at step {request.step}")
+                    s.cond.notify_all()
+        return pb.Ack(ok=True)
+
+    def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        return pb.StatusResponse(json=json.dumps(self.s.status()))
+
+
+class Coordinator:
+    """Runs the coordinator: gRPC server, TCPStore, ticker and metrics endpoint."""
+
+    def __init__(self, settings: JobSettings, token: str, host: str = "127.0.0.1", port: int = 29400,
+                 metrics_port: int | None = None, store_port: int = 0) -> None:
+        from torch.distributed import TCPStore  # imported here: only the coordinator hosts the store
+
+        settings.validate()
+        self.settings = settings
+        self.token = token
+        self.host = host
+        self.store = TCPStore(host, store_port, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=60))
+        self.metrics = metrics_mod.Metrics()
+        self.state = CoordinatorState(settings, f"{host}:{self.store.port}", self.metrics)
+        self.server = make_server(token)
+        self.servicer = CoordinatorServicer(self.state, token)
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(self.servicer, self.server)
+        add_health_and_reflection(self.server, [pb.DESCRIPTOR.services_by_name["Coordinator"].full_name])
+        self.port = bind(self.server, host, port)
+        self.metrics_port = self.metrics.serve(metrics_port, addr=host) if metrics_port is not None else None
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, name="ftrain-ticker", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "Coordinator":
+        self.server.start()
+        self._ticker.start()
+        log.info("coordinator for job %s on %s (store %s)", self.settings.job_id, self.address, self.state.store_address)
+        return self
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.state.tick()
+            except Exception:  # the ticker must never die
+                log.exception("coordinator tick failed")
+
+    def wait_done(self, timeout: float | None = None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.state.cond:
+            while self.state.job_state == "running":
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.state.cond.wait(0.5)
+            return self.state.job_state
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._stop.set()
+        self.server.stop(grace).wait(grace + 1)

@@ -1,0 +1,128 @@
+"""`ftrain launch --backend local`: an embedded coordinator plus N agent processes on this machine.
+
+Each agent is a simulated node in its own process group, so `kill-node` (SIGKILL to the group)
+takes the agent, its trainers and the shards it held. Like a cluster manager replacing a pod,
+the launcher starts a fresh agent after `replace_delay_s` unless replacement is off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ftrain.config import ENV_TOKEN, JobSettings
+from ftrain.coordinator.server import Coordinator
+
+log = logging.getLogger("ftrain.launch")
+
+
+@dataclass
+class AgentProcess:
+    node_id: str
+    process: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+
+
+class LocalLauncher:
+    def __init__(self, settings: JobSettings, nproc_per_node: int, command: list[str], *, replace: bool = True,
+                 replace_delay_s: float = 1.0, metrics_port: int | None = None, coordinator_port: int = 0,
+                 host: str = "127.0.0.1", token: str | None = None, quiet_agents: bool = False,
+                 extra_env: dict[str, str] | None = None, timeout_s: float | None = None) -> None:
+        settings.validate()
+        if nproc_per_node < 1:
+            raise ValueError(f"--nproc-per-node must be >= 1; got {nproc_per_node}")
+        if not command:
+            raise ValueError("ftrain launch needs the training script after `--`, e.g. -- examples/digits_mlp.py")
+        self.settings = settings
+        self.nproc = nproc_per_node
+        self.command = command
+        self.replace = replace
+        self.replace_delay_s = replace_delay_s
+        self.host = host
+        self.token = token or secrets.token_urlsafe(24)
+        self.quiet_agents = quiet_agents
+        self.extra_env = dict(extra_env or {})
+        self.timeout_s = timeout_s
+        self.coordinator = Coordinator(settings, self.token, host=host, port=coordinator_port,
+                                       metrics_port=metrics_port)
+        self.agents: list[AgentProcess] = []
+        self._next_node = 0
+        self._replacements: list[float] = []
+
+    def _spawn_agent(self) -> AgentProcess:
+        node_id = f"node{self._next_node}"
+        self._next_node += 1
+        env = dict(os.environ, **self.extra_env)
+        env[ENV_TOKEN] = self.token  # through the environment, never the command line (visible in ps)
+        cmd = [sys.executable, "-m", "ftrain", "agent", "--coordinator", self.coordinator.address,
+               "--nproc-per-node", str(self.nproc), "--node-id", node_id, "--job-id", self.settings.job_id,
+               "--host", self.host, "--", *self.command]
+        output = subprocess.DEVNULL if self.quiet_agents else None
+        process = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=output, stderr=output)
+        agent = AgentProcess(node_id, process)
+        self.agents.append(agent)
+        return agent
+
+    def run(self, on_tick: Callable[["LocalLauncher"], None] | None = None) -> int:
+        """Runs the job to the end. Returns 0 only if it completed."""
+        self.coordinator.start()
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        try:
+            for _ in range(self.settings.target_nodes):
+                self._spawn_agent()
+            while True:
+                state = self.coordinator.wait_done(timeout=0.2)
+                if on_tick is not None:
+                    on_tick(self)
+                if state != "running":
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    self.coordinator.state.fail(f"launcher timeout of {self.timeout_s:.0f} s reached")
+                    break
+                self._watch_agents()
+            return self._drain()
+        finally:
+            self.shutdown()
+
+    def _watch_agents(self) -> None:
+        now = time.monotonic()
+        for agent in list(self.agents):
+            code = agent.process.poll()
+            if code is None or getattr(agent, "handled", False):
+                continue
+            agent.handled = True  # type: ignore[attr-defined]
+            log.warning("agent %s exited with %s", agent.node_id, code)
+            if self.replace:
+                self._replacements.append(now + self.replace_delay_s)
+        for due in list(self._replacements):
+            if now >= due:
+                self._replacements.remove(due)
+                replacement = self._spawn_agent()
+                log.warning("started replacement node %s", replacement.node_id)
+
+    def _drain(self) -> int:
+        state = self.coordinator.state.job_state
+        deadline = time.monotonic() + 20.0
+        for agent in self.agents:
+            if agent.process.poll() is None:
+                try:
+                    agent.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        return 0 if state == "complete" else 1
+
+    def shutdown(self) -> None:
+        for agent in self.agents:
+            if agent.process.poll() is None:
+                try:
+                    os.killpg(agent.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                agent.process.wait()
+        self.coordinator.stop()

@@ -1,0 +1,77 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ShardChunk(_message.Message):
+    __slots__ = ("job_id", "blob_id", "index", "step", "offset", "total_len", "crc32", "data")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LEN_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    blob_id: str
+    index: int
+    step: int
+    offset: int
+    total_len: int
+    crc32: int
+    data: bytes
+    def __init__(self, job_id: _Optional[str] = ..., blob_id: _Optional[str] = ..., index: _Optional[int] = ..., step: _Optional[int] = ..., offset: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutShardResponse(_message.Message):
+    __slots__ = ("ok", "bytes", "message")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    bytes: int
+    message: str
+    def __init__(self, ok: _Optional[bool] = ..., bytes: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetShardRequest(_message.Message):
+    __slots__ = ("job_id", "blob_id", "index")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    blob_id: str
+    index: int
+    def __init__(self, job_id: _Optional[str] = ..., blob_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class CorruptRequest(_message.Message):
+    __slots__ = ("job_id", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
+class CorruptResponse(_message.Message):
+    __slots__ = ("corrupted",)
+    CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    corrupted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, corrupted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PingResponse(_message.Message):
+    __slots__ = ("node_id", "job_id", "shard_count", "shard_bytes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    job_id: str
+    shard_count: int
+    shard_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., job_id: _Optional[str] = ..., shard_count: _Optional[int] = ..., shard_bytes: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,341 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Ack(_message.Message):
+    __slots__ = ("ok", "message")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    message: str
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TrainerInfo(_message.Message):
+    __slots__ = ("local_rank", "pid", "state", "exit_code", "last_step")
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    local_rank: int
+    pid: int
+    state: str
+    exit_code: int
+    last_step: int
+    def __init__(self, local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
+
+class RegisterAgentRequest(_message.Message):
+    __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NPROC_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    address: str
+    nproc: int
+    hostname: str
+    protocol_version: int
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., nproc: _Optional[int] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+
+class RegisterAgentResponse(_message.Message):
+    __slots__ = ("node_id", "config")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    config: JobConfig
+    def __init__(self, node_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id", "trainers", "shard_bytes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAINERS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    trainers: _containers.RepeatedCompositeFieldContainer[TrainerInfo]
+    shard_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known")
+    JOB_STATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_RETAINED_STEP_FIELD_NUMBER: _ClassVar[int]
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    job_state: str
+    min_retained_step: int
+    commands: _containers.RepeatedScalarFieldContainer[str]
+    message: str
+    known: bool
+    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ...) -> None: ...
+
+class TrainerExit(_message.Message):
+    __slots__ = ("node_id", "local_rank", "pid", "exit_code", "will_restart")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    WILL_RESTART_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    local_rank: int
+    pid: int
+    exit_code: int
+    will_restart: bool
+    def __init__(self, node_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., will_restart: _Optional[bool] = ...) -> None: ...
+
+class JobConfig(_message.Message):
+    __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NODES_FIELD_NUMBER: _ClassVar[int]
+    MIN_NODES_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    EC_K_FIELD_NUMBER: _ClassVar[int]
+    EC_M_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    INJECT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    target_nodes: int
+    min_nodes: int
+    snapshot_every: int
+    ec_k: int
+    ec_m: int
+    mode: str
+    strategy: str
+    inject: _containers.RepeatedScalarFieldContainer[str]
+    collective_timeout_s: float
+    compress: str
+    def __init__(self, job_id: _Optional[str] = ..., target_nodes: _Optional[int] = ..., min_nodes: _Optional[int] = ..., snapshot_every: _Optional[int] = ..., ec_k: _Optional[int] = ..., ec_m: _Optional[int] = ..., mode: _Optional[str] = ..., strategy: _Optional[str] = ..., inject: _Optional[_Iterable[str]] = ..., collective_timeout_s: _Optional[float] = ..., compress: _Optional[str] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("trainer_uid", "node_id", "local_rank", "known_generation", "wait_s")
+    TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    trainer_uid: str
+    node_id: str
+    local_rank: int
+    known_generation: int
+    wait_s: float
+    def __init__(self, trainer_uid: _Optional[str] = ..., node_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., known_generation: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class ShardLocation(_message.Message):
+    __slots__ = ("index", "node_id", "address", "crc32")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    node_id: str
+    address: str
+    crc32: int
+    def __init__(self, index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class BlobInfo(_message.Message):
+    __slots__ = ("blob_id", "step", "producer_rank", "producer_world_size", "producer_trainer", "producer_node", "size", "k", "m", "shard_len", "shards", "crc32", "source_rank", "source_holds_local")
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_RANK_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_TRAINER_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_NODE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    SHARD_LEN_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RANK_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_HOLDS_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    blob_id: str
+    step: int
+    producer_rank: int
+    producer_world_size: int
+    producer_trainer: str
+    producer_node: str
+    size: int
+    k: int
+    m: int
+    shard_len: int
+    shards: _containers.RepeatedCompositeFieldContainer[ShardLocation]
+    crc32: int
+    source_rank: int
+    source_holds_local: bool
+    def __init__(self, blob_id: _Optional[str] = ..., step: _Optional[int] = ..., producer_rank: _Optional[int] = ..., producer_world_size: _Optional[int] = ..., producer_trainer: _Optional[str] = ..., producer_node: _Optional[str] = ..., size: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., shard_len: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardLocation, _Mapping]]] = ..., crc32: _Optional[int] = ..., source_rank: _Optional[int] = ..., source_holds_local: _Optional[bool] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("node_id", "address", "first_rank", "nproc")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_RANK_FIELD_NUMBER: _ClassVar[int]
+    NPROC_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    first_rank: int
+    nproc: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., first_rank: _Optional[int] = ..., nproc: _Optional[int] = ...) -> None: ...
+
+class GenerationAssignment(_message.Message):
+    __slots__ = ("status", "generation", "rank", "world_size", "store_address", "restore_step", "restore_blobs", "members", "config", "message", "batch_shares")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STORE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STEP_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_BLOBS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SHARES_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    generation: int
+    rank: int
+    world_size: int
+    store_address: str
+    restore_step: int
+    restore_blobs: _containers.RepeatedCompositeFieldContainer[BlobInfo]
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    config: JobConfig
+    message: str
+    batch_shares: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, status: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., store_address: _Optional[str] = ..., restore_step: _Optional[int] = ..., restore_blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., message: _Optional[str] = ..., batch_shares: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FailureReport(_message.Message):
+    __slots__ = ("trainer_uid", "generation", "rank", "reason")
+    TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    trainer_uid: str
+    generation: int
+    rank: int
+    reason: str
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SnapshotReport(_message.Message):
+    __slots__ = ("trainer_uid", "generation", "rank", "step", "blob", "compute_time_s", "stall_s", "snapshot_duration_s", "steps_covered")
+    TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    STALL_S_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    STEPS_COVERED_FIELD_NUMBER: _ClassVar[int]
+    trainer_uid: str
+    generation: int
+    rank: int
+    step: int
+    blob: BlobInfo
+    compute_time_s: float
+    stall_s: float
+    snapshot_duration_s: float
+    steps_covered: int
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., compute_time_s: _Optional[float] = ..., stall_s: _Optional[float] = ..., snapshot_duration_s: _Optional[float] = ..., steps_covered: _Optional[int] = ...) -> None: ...
+
+class SnapshotAck(_message.Message):
+    __slots__ = ("accepted", "current_generation", "last_committed_step")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    current_generation: int
+    last_committed_step: int
+    def __init__(self, accepted: _Optional[bool] = ..., current_generation: _Optional[int] = ..., last_committed_step: _Optional[int] = ...) -> None: ...
+
+class WaitCommittedRequest(_message.Message):
+    __slots__ = ("step", "generation", "wait_s")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    generation: int
+    wait_s: float
+    def __init__(self, step: _Optional[int] = ..., generation: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class WaitCommittedResponse(_message.Message):
+    __slots__ = ("committed", "current_generation", "last_committed_step")
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    committed: bool
+    current_generation: int
+    last_committed_step: int
+    def __init__(self, committed: _Optional[bool] = ..., current_generation: _Optional[int] = ..., last_committed_step: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("known_generation", "wait_s")
+    KNOWN_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    known_generation: int
+    wait_s: float
+    def __init__(self, known_generation: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("generation", "job_state")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    JOB_STATE_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    job_state: str
+    def __init__(self, generation: _Optional[int] = ..., job_state: _Optional[str] = ...) -> None: ...
+
+class ProgressReport(_message.Message):
+    __slots__ = ("trainer_uid", "generation", "rank", "step", "compute_time_s")
+    TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    trainer_uid: str
+    generation: int
+    rank: int
+    step: int
+    compute_time_s: float
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., compute_time_s: _Optional[float] = ...) -> None: ...
+
+class FaultClaim(_message.Message):
+    __slots__ = ("trainer_uid", "fault", "rank", "step")
+    TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    trainer_uid: str
+    fault: str
+    rank: int
+    step: int
+    def __init__(self, trainer_uid: _Optional[str] = ..., fault: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class FinishedReport(_message.Message):
+    __slots__ = ("trainer_uid", "generation", "rank", "step")
+    TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    trainer_uid: str
+    generation: int
+    rank: int
+    step: int
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

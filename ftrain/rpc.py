@@ -1,0 +1,105 @@
+"""gRPC plumbing shared by coordinator, agent and trainers: token auth, channels, size limits.
+
+Every ftrain RPC carries the job token in `x-ftrain-token`; the server compares it in constant
+time and answers UNAUTHENTICATED otherwise. The standard health service stays open so that
+probes (kubelet, grpc_health_probe) work without the secret; it reveals nothing but liveness.
+"""
+from __future__ import annotations
+
+import hmac
+from concurrent import futures
+from typing import Any, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ftrain.config import TOKEN_METADATA_KEY
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+]
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses any RPC (except health/reflection) whose token does not match, in constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "ftrain: missing or wrong job token (x-ftrain-token); start trainers with the job's FTRAIN_TOKEN",
+            )
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream_in = grpc.stream_unary_rpc_method_handler(deny)
+        self._deny_stream_out = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method or ""
+        if method.startswith(_OPEN_PREFIXES):
+            return continuation(handler_call_details)
+        supplied = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == TOKEN_METADATA_KEY:
+                supplied = value.encode() if isinstance(value, str) else value
+        if hmac.compare_digest(supplied, self._token):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is not None and handler.request_streaming:
+            return self._deny_stream_in
+        if handler is not None and handler.response_streaming:
+            return self._deny_stream_out
+        return self._deny_unary
+
+
+def make_server(token: str, max_workers: int = 64) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ftrain-rpc"),
+        interceptors=[TokenInterceptor(token)],
+        options=_CHANNEL_OPTIONS,
+        maximum_concurrent_rpcs=4096,
+    )
+
+
+def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str]) -> health.HealthServicer:
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in list(service_names) + [""]:
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(list(service_names) + [reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    return servicer
+
+
+def bind(server: grpc.Server, host: str, port: int) -> int:
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC server to {host}:{port}: address in use or not available")
+    return bound
+
+
+def open_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+
+def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return ((TOKEN_METADATA_KEY, token),)
+
+
+def describe_rpc_error(error: grpc.RpcError, target: str) -> str:
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else str(error)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot reach {target}: {details} (is it running, and is the address right?)"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"{target} refused the job token: {details}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{target} did not answer in time"
+    return f"{target}: {code.name if code else 'error'}: {details}"

@@ -1,0 +1,241 @@
+"""Snapshot capture pipeline of one trainer: copy-out, then encode + place + ship in the background.
+
+The training loop only pays for copying its slice of the state into a preallocated, reused
+buffer (two buffers: the newest committed snapshot is never overwritten). A worker thread
+then Reed-Solomon codes the blob, streams the shards to their agents and reports them to the
+coordinator, which commits the step once every rank's blob is placed. Restores fetch any k
+good shards (checksums turn corrupted shards into erasures) and decode.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
+from ftrain.snapshot import layout as lay
+from ftrain.snapshot.erasure import NotEnoughShardsError, ReedSolomon, join_blob, shard_checksum, shard_length
+from ftrain.snapshot.placement import effective_code, place_blobs
+from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
+
+log = logging.getLogger("ftrain.snapshot")
+
+
+class SnapshotLost(RuntimeError):
+    """A blob cannot be rebuilt: fewer than k good shards are reachable."""
+
+
+@dataclass
+class LocalBlob:
+    blob_id: str
+    step: int
+    generation: int
+    buffer: np.ndarray      # k * L bytes (blob + zero padding)
+    size: int
+    slot: int
+
+
+@dataclass
+class _Job:
+    blob: LocalBlob
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Placement:
+    generation: int
+    rank: int
+    world_size: int
+    node_id: str
+    k: int
+    m: int
+    targets: list[tuple[str, str]]  # (node_id, address) for shard i
+
+
+class SnapshotEngine:
+    def __init__(self, job_id: str, trainer_uid: str, node_id: str, agents: AgentPool | None,
+                 report: Callable[[pb.SnapshotReport], pb.SnapshotAck] | None) -> None:
+        self.job_id = job_id
+        self.trainer_uid = trainer_uid
+        self.node_id = node_id
+        self.agents = agents
+        self.report = report
+        self.placement: Placement | None = None
+        self._buffers: list[np.ndarray] = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+        self._parity: np.ndarray = np.empty((0, 0), np.uint8)
+        self.blobs: dict[int, LocalBlob] = {}
+        self._last_job: _Job | None = None
+        self._queue: "queue.Queue[_Job | None]" = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._codecs: dict[tuple[int, int], ReedSolomon] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ftrain-shard")
+        self.encoded_bytes = 0
+        self.last_duration_s = 0.0
+
+    def codec(self, k: int, m: int) -> ReedSolomon:
+        if (k, m) not in self._codecs:
+            self._codecs[(k, m)] = ReedSolomon(k, m)
+        return self._codecs[(k, m)]
+
+    # -- configuration per generation --------------------------------------------------------
+    def configure(self, generation: int, rank: int, world_size: int, members: list[pb.Member], ec_k: int, ec_m: int) -> None:
+        nodes = [member.node_id for member in members]
+        address = {member.node_id: member.address for member in members}
+        producers = []
+        for r in range(world_size):
+            producers.append(next(m.node_id for m in members if m.first_rank <= r < m.first_rank + m.nproc))
+        k, m = effective_code(ec_k, ec_m, len(nodes))
+        if len(nodes) <= 1:
+            targets = [(self.node_id, address.get(self.node_id, ""))] if self.agents else []
+            k, m = 1, 0
+        else:
+            row = place_blobs(producers, nodes, k, m)[rank]
+            targets = [(node, address[node]) for node in row]
+        self.placement = Placement(generation, rank, world_size, self.node_id, k, m, targets)
+        self._last_job = None
+
+    # -- capture (training thread) -----------------------------------------------------------
+    def wait_previous(self) -> str:
+        """Waits until the worker finished the previous blob. Returns '' or the worker's error."""
+        job = self._last_job
+        if job is None:
+            return ""
+        job.done.wait()
+        return job.error
+
+    def capture(self, step: int, tensors: list[torch.Tensor], layout: lay.StateLayout, meta: dict,
+                keep_step: int | None) -> LocalBlob:
+        """Copies this rank's slice + meta into a free buffer; queues it for coding and shipping."""
+        placement = self.placement
+        assert placement is not None, "configure() first"
+        start, end = lay.slice_bounds(layout.total, placement.world_size, placement.rank)
+        meta = dict(meta, total=layout.total, slice=(start, end),
+                    layout=[(e.name, e.dtype, e.shape, e.offset, e.nbytes) for e in layout.entries])
+        meta_bytes = lay.encode_meta(meta)
+        size = lay.blob_size(end - start, len(meta_bytes))
+        k = max(placement.k, 1)
+        padded = k * shard_length(size, k)
+        protected = {blob.slot for s, blob in self.blobs.items() if s == keep_step}
+        slot = 0 if 0 not in protected else 1
+        if len(self._buffers[slot]) < padded:
+            self._buffers[slot] = np.empty(int(padded * 1.25) + 4096, dtype=np.uint8)
+        buffer = self._buffers[slot][:padded]
+        out = torch.from_numpy(buffer[lay.HEADER_BYTES:lay.HEADER_BYTES + end - start])
+        tensors_cpu = all(not t.is_cuda for t in tensors)
+        lay.copy_slice(tensors, layout, start, end, out, non_blocking=not tensors_cpu)
+        if not tensors_cpu:
+            torch.cuda.current_stream().synchronize()
+        lay.write_header(buffer, end - start, meta_bytes)
+        buffer[size:] = 0
+        blob = LocalBlob(f"s{step}-g{placement.generation}-r{placement.rank}", step, placement.generation,
+                         buffer, size, slot)
+        for old in [s for s in self.blobs if s != keep_step]:
+            del self.blobs[old]
+        self.blobs[step] = blob
+        if self.report is not None:
+            job = _Job(blob)
+            self._last_job = job
+            self._ensure_worker()
+            self._queue.put(job)
+        return blob
+
+    def keep_only(self, step: int | None) -> None:
+        for old in [s for s in self.blobs if s != step]:
+            del self.blobs[old]
+
+    # -- background worker -------------------------------------------------------------------
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._run, name="ftrain-snapshot", daemon=True)
+            self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                self._ship(job)
+            except Exception as error:  # reported to the training thread, never raised here
+                job.error = f"{type(error).__name__}: {error}"
+                log.warning("snapshot of step %d not stored: %s", job.blob.step, job.error)
+            finally:
+                self.last_duration_s = time.monotonic() - job.started
+                job.done.set()
+
+    def _ship(self, job: _Job) -> None:
+        placement = self.placement
+        blob = job.blob
+        assert placement is not None and self.agents is not None and self.report is not None
+        k, m = max(placement.k, 1), placement.m
+        length = len(blob.buffer) // k
+        data = blob.buffer.reshape(k, length)
+        shards = [data[i] for i in range(k)]
+        if m:
+            if self._parity.shape != (m, length):
+                self._parity = np.empty((m, length), dtype=np.uint8)
+            self.codec(k, m).encode(data, out=self._parity)
+            shards += [self._parity[i] for i in range(m)]
+            self.encoded_bytes += len(blob.buffer)
+        crcs = list(self._pool.map(shard_checksum, shards))
+        futures = [self._pool.submit(self.agents.put_shard, address, blob.blob_id, i, blob.step, shards[i], crcs[i])
+                   for i, (_node, address) in enumerate(placement.targets)]
+        for future in futures:
+            future.result()
+        info = pb.BlobInfo(
+            blob_id=blob.blob_id, step=blob.step, producer_rank=placement.rank,
+            producer_world_size=placement.world_size, producer_trainer=self.trainer_uid, producer_node=self.node_id,
+            size=blob.size, k=k, m=m, shard_len=length, crc32=shard_checksum(blob.buffer[:blob.size]),
+            shards=[pb.ShardLocation(index=i, node_id=node, address=address, crc32=crcs[i])
+                    for i, (node, address) in enumerate(placement.targets)],
+        )
+        ack = self.report(pb.SnapshotReport(trainer_uid=self.trainer_uid, generation=blob.generation,
+                                            rank=placement.rank, step=blob.step, blob=info,
+                                            snapshot_duration_s=time.monotonic() - job.started))
+        if not ack.accepted:
+            job.error = f"coordinator refused the snapshot of step {blob.step} (generation moved to {ack.current_generation})"
+
+    # -- restore -----------------------------------------------------------------------------
+    def fetch(self, info: pb.BlobInfo) -> np.ndarray:
+        """Rebuilds a blob from any k good shards (data shards first). Raises SnapshotLost."""
+        assert self.agents is not None
+        k = info.k
+        got: dict[int, np.ndarray] = {}
+        problems: list[str] = []
+        order = sorted(info.shards, key=lambda s: s.index)
+        pending = list(order)
+        while len(got) < k and pending:
+            batch, pending = pending[: k - len(got)], pending[k - len(got):]
+            futures = {self._pool.submit(self.agents.get_shard, s.address, info.blob_id, s.index, s.crc32): s
+                       for s in batch}
+            for future, shard in futures.items():
+                try:
+                    got[shard.index] = future.result()
+                except (ShardCorrupted, Exception) as error:  # unreachable agent or bad checksum: an erasure
+                    problems.append(f"shard {shard.index} on {shard.node_id}: {str(error)[:120]}")
+        if len(got) < k:
+            raise SnapshotLost(f"blob {info.blob_id} (step {info.step}, rank {info.producer_rank}): only {len(got)} of "
+                               f"the {k} shards needed could be read; " + "; ".join(problems))
+        if problems:
+            log.warning("blob %s rebuilt around bad shards: %s", info.blob_id, "; ".join(problems))
+        try:
+            rows = self.codec(k, info.m).decode(got) if info.m else np.stack([got[i] for i in range(k)])
+        except NotEnoughShardsError as error:
+            raise SnapshotLost(str(error)) from error
+        blob = join_blob(np.ascontiguousarray(rows), info.size)
+        if shard_checksum(blob) != info.crc32:
+            raise SnapshotLost(f"blob {info.blob_id} decoded with a wrong checksum")
+        return blob
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._pool.shutdown(wait=False, cancel_futures=True)

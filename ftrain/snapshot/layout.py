@@ -1,0 +1,150 @@
+"""Layout: training state -> manifest + one flat byte buffer, and back (zero-copy views).
+
+Replicated state (model and optimizer tensors, identical on every data-parallel rank) is laid
+out as one flat byte range with 64-byte-aligned tensor offsets; rank r of N captures only slice
+r of it (REFT's trick). A *blob* is what one rank captures for one step:
+
+    [header 32 B: magic, version, payload length, meta length, crc32] [payload: the slice] [meta: pickle]
+
+The meta carries the manifest, the slice bounds and the small per-rank state (RNG, data position,
+registered objects). Restoring views the assembled flat buffer as tensors without copying.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+ALIGN = 64
+MAGIC = b"FTRNBLOB"
+VERSION = 1
+_HEADER = struct.Struct("<8sIQQI")  # magic, version, payload length, meta length, crc32(payload+meta)
+HEADER_BYTES = 32
+assert _HEADER.size <= HEADER_BYTES
+
+
+class BlobFormatError(ValueError):
+    """A blob's bytes are not a valid ftrain snapshot blob (wrong magic, version or checksum)."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    entries: tuple[TensorEntry, ...]
+    total: int
+
+    def signature(self) -> tuple:
+        return tuple((e.name, e.dtype, e.shape) for e in self.entries)
+
+
+def _align(value: int) -> int:
+    return (value + ALIGN - 1) // ALIGN * ALIGN
+
+
+def build_layout(tensors: Sequence[tuple[str, torch.Tensor]]) -> StateLayout:
+    entries = []
+    offset = 0
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        entries.append(TensorEntry(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset, nbytes))
+        offset = _align(offset + nbytes)
+    return StateLayout(tuple(entries), offset)
+
+
+def slice_bounds(total: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Byte range [a, b) of the flat replicated state that `rank` captures (64-byte aligned)."""
+    per = _align(-(-total // world_size)) if total else 0
+    return min(total, rank * per), min(total, (rank + 1) * per)
+
+
+def byte_view(tensor: torch.Tensor) -> torch.Tensor:
+    flat = tensor.detach().reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8, device=flat.device)
+
+
+def copy_slice(tensors: Sequence[torch.Tensor], layout: StateLayout, start: int, end: int, out: torch.Tensor,
+               non_blocking: bool = False) -> None:
+    """Copies bytes [start, end) of the flat layout of `tensors` into `out` (uint8, length end-start)."""
+    for entry, tensor in zip(layout.entries, tensors):
+        lo, hi = max(start, entry.offset), min(end, entry.offset + entry.nbytes)
+        if lo >= hi:
+            continue
+        src = byte_view(tensor)[lo - entry.offset:hi - entry.offset]
+        out[lo - start:hi - start].copy_(src, non_blocking=non_blocking)
+
+
+def tensors_from_flat(layout: StateLayout, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Views of `flat` (uint8, layout.total bytes) as the laid-out tensors (no copy)."""
+    views = {}
+    for entry in layout.entries:
+        dtype = getattr(torch, entry.dtype)
+        raw = flat[entry.offset:entry.offset + entry.nbytes]
+        views[entry.name] = raw.view(dtype).reshape(entry.shape) if entry.nbytes else torch.empty(entry.shape, dtype=dtype)
+    return views
+
+
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    return pickle.dumps(meta, protocol=5)
+
+
+def blob_size(payload_len: int, meta_len: int) -> int:
+    return HEADER_BYTES + payload_len + meta_len
+
+
+def write_header(buffer: np.ndarray, payload_len: int, meta: bytes) -> int:
+    """Writes meta after the payload already in buffer[32:32+payload_len], then the header. Returns size."""
+    end = HEADER_BYTES + payload_len
+    buffer[end:end + len(meta)] = np.frombuffer(meta, dtype=np.uint8)
+    size = end + len(meta)
+    crc = zlib.crc32(memoryview(buffer[HEADER_BYTES:size]))
+    header = _HEADER.pack(MAGIC, VERSION, payload_len, len(meta), crc)
+    buffer[:len(header)] = np.frombuffer(header, dtype=np.uint8)
+    buffer[len(header):HEADER_BYTES] = 0
+    return size
+
+
+def read_blob(buffer: np.ndarray | bytes | memoryview) -> tuple[dict[str, Any], np.ndarray]:
+    """Parses and verifies a blob. Returns (meta, payload view)."""
+    array = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer
+    if len(array) < HEADER_BYTES:
+        raise BlobFormatError(f"snapshot blob too short ({len(array)} bytes)")
+    magic, version, payload_len, meta_len, crc = _HEADER.unpack(array[:_HEADER.size].tobytes())
+    if magic != MAGIC:
+        raise BlobFormatError("not an ftrain snapshot blob (bad magic)")
+    if version != VERSION:
+        raise BlobFormatError(f"snapshot blob version {version}; this ftrain reads version {VERSION}")
+    size = HEADER_BYTES + payload_len + meta_len
+    if len(array) < size:
+        raise BlobFormatError(f"snapshot blob truncated: {len(array)} of {size} bytes")
+    if zlib.crc32(memoryview(array[HEADER_BYTES:size])) != crc:
+        raise BlobFormatError("snapshot blob checksum mismatch (corrupted)")
+    meta = pickle.loads(array[HEADER_BYTES + payload_len:size].tobytes())
+    return meta, array[HEADER_BYTES:HEADER_BYTES + payload_len]
+
+
+def assemble(total: int, pieces: Iterable[tuple[int, np.ndarray]]) -> torch.Tensor:
+    """Builds the full flat replicated state from (offset, bytes) slices; checks full coverage."""
+    flat = torch.empty(total, dtype=torch.uint8)
+    covered = 0
+    for offset, data in pieces:
+        if len(data):
+            flat[offset:offset + len(data)].copy_(torch.from_numpy(np.ascontiguousarray(data)))
+            covered += len(data)
+    if covered != total:
+        raise BlobFormatError(f"snapshot slices cover {covered} of {total} bytes: a rank's blob is missing")
+    return flat

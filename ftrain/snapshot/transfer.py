@@ -1,0 +1,73 @@
+"""Bulk shard movement between trainers and agents: streamed multi-MiB chunks over gRPC."""
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import grpc
+import numpy as np
+
+from ftrain.proto.ftrain.v1 import agent_pb2 as apb, agent_pb2_grpc
+from ftrain.rpc import CHUNK_BYTES, open_channel, token_metadata
+from ftrain.snapshot.erasure import shard_checksum
+
+
+class ShardCorrupted(IOError):
+    pass
+
+
+class AgentPool:
+    """One channel + stub per agent address, shared by threads."""
+
+    def __init__(self, token: str, job_id: str) -> None:
+        self.metadata = token_metadata(token)
+        self.job_id = job_id
+        self._lock = threading.Lock()
+        self._stubs: dict[str, tuple[grpc.Channel, agent_pb2_grpc.AgentStub]] = {}
+
+    def stub(self, address: str) -> agent_pb2_grpc.AgentStub:
+        with self._lock:
+            if address not in self._stubs:
+                channel = open_channel(address)
+                self._stubs[address] = (channel, agent_pb2_grpc.AgentStub(channel))
+            return self._stubs[address][1]
+
+    def put_shard(self, address: str, blob_id: str, index: int, step: int, data: np.ndarray, crc32: int,
+                  timeout: float = 60.0) -> None:
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        total = len(view)
+
+        def chunks() -> Iterator[apb.ShardChunk]:
+            offset = 0
+            while True:
+                piece = view[offset:offset + CHUNK_BYTES]
+                yield apb.ShardChunk(job_id=self.job_id, blob_id=blob_id, index=index, step=step, offset=offset,
+                                     total_len=total, crc32=crc32 if offset == 0 else 0, data=bytes(piece))
+                offset += len(piece)
+                if offset >= total:
+                    return
+
+        self.stub(address).PutShard(chunks(), timeout=timeout, metadata=self.metadata)
+
+    def get_shard(self, address: str, blob_id: str, index: int, expected_crc: int, timeout: float = 60.0) -> np.ndarray:
+        buffer: np.ndarray | None = None
+        for chunk in self.stub(address).GetShard(apb.GetShardRequest(job_id=self.job_id, blob_id=blob_id, index=index),
+                                                 timeout=timeout, metadata=self.metadata):
+            if buffer is None:
+                buffer = np.empty(chunk.total_len, dtype=np.uint8)
+            buffer[chunk.offset:chunk.offset + len(chunk.data)] = np.frombuffer(chunk.data, dtype=np.uint8)
+        if buffer is None:
+            raise ShardCorrupted(f"shard {blob_id}#{index} from {address}: empty stream")
+        if shard_checksum(buffer) != expected_crc:
+            raise ShardCorrupted(f"shard {blob_id}#{index} from {address} failed its checksum")
+        return buffer
+
+    def corrupt(self, address: str, step: int) -> list[str]:
+        return list(self.stub(address).CorruptShards(apb.CorruptRequest(job_id=self.job_id, step=step),
+                                                     timeout=10.0, metadata=self.metadata).corrupted)
+
+    def close(self) -> None:
+        with self._lock:
+            for channel, _ in self._stubs.values():
+                channel.close()
+            self._stubs.clear()

@@ -1,0 +1,108 @@
+"""Collectives for one generation: a gloo (CPU) or NCCL (GPU) process group on a generation-
+prefixed store, and a deterministic flat-buffer gradient all-reduce.
+
+The gradient layout is fixed (parameter order, one flat buffer per dtype), so the same world
+size always sums in the same order: a run with failures stays bit-identical to one without.
+Errors (a dead peer, a timeout) surface as `CollectiveError` to the session, never to the
+user's loop.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Sequence
+
+import torch
+from torch._C._distributed_c10d import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
+
+from ftrain.config import parse_host_port
+
+
+class CollectiveError(RuntimeError):
+    """A collective of the current generation failed (peer lost, timeout, aborted)."""
+
+
+def connect_store(address: str, timeout_s: float) -> TCPStore:
+    host, port = parse_host_port(address, "store address")
+    return TCPStore(host, port, is_master=False, wait_for_workers=False,
+                    timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def build_group(store: TCPStore, job_id: str, generation: int, rank: int, world_size: int, timeout_s: float,
+                bind_host: str, use_cuda: bool = False) -> torch.distributed.ProcessGroup:
+    prefix = PrefixStore(f"ftrain/{job_id}/g{generation}/", store)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        if use_cuda:
+            from torch._C._distributed_c10d import ProcessGroupNCCL
+
+            options = ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            return ProcessGroupNCCL(prefix, rank, world_size, options)
+        options = ProcessGroupGloo._Options()
+        options._devices = [ProcessGroupGloo.create_device(hostname=bind_host)]
+        options._timeout = timeout
+        return ProcessGroupGloo(prefix, rank, world_size, options)
+    except RuntimeError as error:
+        raise CollectiveError(f"building the process group of generation {generation} failed: {error}") from error
+
+
+def wait(work: torch.distributed.Work, what: str) -> None:
+    try:
+        work.wait()
+    except RuntimeError as error:
+        raise CollectiveError(f"{what} failed: {str(error).splitlines()[0][:300]}") from error
+
+
+def broadcast(group: torch.distributed.ProcessGroup, tensor: torch.Tensor, root: int, what: str = "broadcast") -> None:
+    options = BroadcastOptions()
+    options.rootRank = root
+    options.rootTensor = 0
+    wait(group.broadcast([tensor], options), what)
+
+
+class GradientSynchronizer:
+    """Averages gradients over the group through one flat buffer per dtype (fixed layout)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self._groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
+        for p in self.params:
+            self._groups.setdefault((p.dtype, p.device), []).append(p)
+        self._flats: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def allreduce(self, group: torch.distributed.ProcessGroup | None, local_weight: float, total_weight: float) -> None:
+        """grad <- sum_r(local_weight_r * grad_r) / total_weight, for every parameter."""
+        for key, params in self._groups.items():
+            numel = sum(p.numel() for p in params)
+            flat = self._flats.get(key)
+            if flat is None or flat.numel() != numel:
+                flat = self._flats[key] = torch.zeros(numel, dtype=key[0], device=key[1])
+            offset = 0
+            for p in params:
+                n = p.numel()
+                if p.grad is None:
+                    flat[offset:offset + n].zero_()
+                else:
+                    flat[offset:offset + n].copy_(p.grad.reshape(-1))
+                offset += n
+            if local_weight != 1.0:
+                flat.mul_(local_weight)
+            if group is not None:
+                wait(group.allreduce([flat]), "gradient all-reduce")
+            if total_weight != 1.0:
+                flat.div_(total_weight)
+            offset = 0
+            for p in params:
+                n = p.numel()
+                if p.grad is None:
+                    p.grad = torch.empty_like(p)
+                p.grad.reshape(-1).copy_(flat[offset:offset + n]) if p.grad.is_contiguous() else \
+                    p.grad.copy_(flat[offset:offset + n].view_as(p))
+                offset += n
+
+
+def broadcast_buffers(group: torch.distributed.ProcessGroup, module: torch.nn.Module) -> None:
+    """Makes module buffers (e.g. BatchNorm statistics) identical to rank 0's, as DDP does."""
+    for buffer in module.buffers():
+        if buffer.numel():
+            broadcast(group, buffer.data, 0, "buffer broadcast")
