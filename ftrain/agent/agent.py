@@ -29,7 +29,7 @@ log = logging.getLogger("ftrain.agent")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: the trainer gets SIGKILL when its agent dies (a lost node loses its trainers)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -173,7 +173,7 @@ class Agent:
             "FTRAIN_AGENT_ADDRESS": self.address, "FTRAIN_BIND_HOST": self.host,
         })
         env.setdefault("OMP_NUM_THREADS", "1")
-        return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)
 
     def _watch_trainers(self) -> None:
         while True:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ftrain.agent.agent import die_with_parent
 from ftrain.config import ENV_TOKEN, JobSettings
 from ftrain.coordinator.server import Coordinator
 
@@ -64,7 +65,9 @@ class LocalLauncher:
                "--nproc-per-node", str(self.nproc), "--node-id", node_id, "--job-id", self.settings.job_id,
                "--host", self.host, "--", *self.command]
         output = subprocess.DEVNULL if self.quiet_agents else None
-        process = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=output, stderr=output)
+        # own session (kill-node = SIGKILL to the group); dies with the launcher (no orphaned nodes)
+        process = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=output, stderr=output,
+                                   preexec_fn=die_with_parent)
         agent = AgentProcess(node_id, process)
         self.agents.append(agent)
         return agent
