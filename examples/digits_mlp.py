@@ -56,8 +56,15 @@ def main() -> None:
             ledger.counts.update(part)
         if session.rank == 0 and step % 20 == 0:
             print(f"step {step} loss {loss.item():.4f} world {session.world_size} gen {session.generation}", flush=True)
+    model.eval()
+    with torch.no_grad():
+        final_loss = nn.functional.cross_entropy(model(x), y).item()
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    if session.rank == 0:
+        print(f"final loss {final_loss:.4f} accuracy {accuracy:.3f}", flush=True)
     if session.rank == 0 and args.out:
         torch.save({"params": {k: v.clone() for k, v in model.state_dict().items()},
+                    "final_loss": final_loss, "accuracy": accuracy,
                     "ledger": dict(ledger.counts), "step": session.step, "world_size": session.world_size,
                     "generation": session.generation, "dataset_len": len(dataset)}, args.out)
     session.finish()  # ftrain

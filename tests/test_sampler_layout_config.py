@@ -1,0 +1,115 @@
+"""Pure pieces of the trainer side: elastic sampler, state layout, config parsing."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from ftrain.config import ConfigError, JobSettings, parse_ec, parse_fault
+from ftrain.snapshot import layout as lay
+from ftrain.train.data import ElasticSampler, split_counts
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), batch=st.integers(1, 40), worlds=st.lists(st.integers(1, 8), min_size=1, max_size=60))
+def test_sampler_uses_each_sample_once_per_epoch_whatever_the_world_size(n: int, batch: int, worlds: list[int]) -> None:
+    sampler = ElasticSampler(n, batch, seed=3)
+    seen: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    for world in worlds:
+        parts = sampler.global_indices(world)
+        assert len(parts) == world
+        for rank, part in enumerate(parts):
+            assert part == sampler.indices(rank, world)
+        epoch = sampler.epoch
+        for part in parts:
+            seen[epoch].update(part)
+        sampler.advance(world)
+    for epoch, counts in seen.items():
+        assert set(counts.values()) == {1}
+        if epoch < sampler.epoch:
+            assert len(counts) == n
+
+
+def test_sampler_state_round_trip_and_mismatch() -> None:
+    a = ElasticSampler(50, 4, seed=1)
+    a.advance(3)
+    b = ElasticSampler(50, 4, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert b.global_indices(2) == a.global_indices(2)
+    with pytest.raises(ValueError, match="same dataset"):
+        ElasticSampler(51, 4).load_state_dict(a.state_dict())
+
+
+def test_split_counts_is_exact() -> None:
+    assert split_counts(5, [16, 16, 16]) == [2, 2, 1]
+    assert sum(split_counts(101, [3, 1, 7])) == 101
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes=st.lists(st.lists(st.integers(0, 7), min_size=0, max_size=3), min_size=1, max_size=6),
+       world=st.integers(1, 5))
+def test_layout_slices_reassemble_bit_exactly(shapes: list[list[int]], world: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    dtypes = [torch.float32, torch.float16, torch.int64, torch.bool, torch.bfloat16]
+    tensors = [(f"t{i}", torch.randn(tuple(s), generator=gen).to(dtypes[i % len(dtypes)])) for i, s in enumerate(shapes)]
+    layout = lay.build_layout(tensors)
+    pieces = []
+    for rank in range(world):
+        a, b = lay.slice_bounds(layout.total, world, rank)
+        out = torch.empty(b - a, dtype=torch.uint8)
+        lay.copy_slice([t for _, t in tensors], layout, a, b, out)
+        buffer = np.zeros(lay.blob_size(b - a, 200), dtype=np.uint8)
+        buffer[lay.HEADER_BYTES:lay.HEADER_BYTES + b - a] = out.numpy()
+        size = lay.write_header(buffer, b - a, lay.encode_meta({"slice": (a, b)}))
+        meta, payload = lay.read_blob(buffer[:size])
+        pieces.append((meta["slice"][0], payload))
+    views = lay.tensors_from_flat(layout, lay.assemble(layout.total, pieces))
+    for name, tensor in tensors:
+        assert torch.equal(views[name], tensor) and views[name].dtype == tensor.dtype
+
+
+def test_corrupted_or_foreign_blob_is_refused() -> None:
+    buffer = np.zeros(lay.blob_size(8, 40), dtype=np.uint8)
+    size = lay.write_header(buffer, 8, lay.encode_meta({}))
+    buffer[lay.HEADER_BYTES + 3] ^= 1
+    with pytest.raises(lay.BlobFormatError, match="checksum"):
+        lay.read_blob(buffer[:size])
+    with pytest.raises(lay.BlobFormatError, match="magic"):
+        lay.read_blob(np.zeros(64, dtype=np.uint8))
+    with pytest.raises(lay.BlobFormatError, match="missing"):
+        lay.assemble(100, [(0, np.zeros(50, dtype=np.uint8))])
+
+
+def test_fault_and_ec_specs() -> None:
+    assert parse_fault("kill-node:1@step=20").step == 20
+    assert parse_fault("slow-rank:1x3.0").factor == 3.0
+    assert parse_ec("4+2").k == 4
+    for bad, message in [("kill-node:1", "needs a step"), ("explode:1@step=2", "unknown fault kind"),
+                         ("slow-rank:1", "needs a factor"), ("slow-rank:1x0.5", ">= 1.0"), ("kill-rank", "cannot parse")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_fault(bad)
+    for bad in ["4", "0+2", "a+b", "200+100"]:
+        with pytest.raises(ConfigError, match="--ec"):
+            parse_ec(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_any_text_gives_a_config_error_or_a_valid_spec(text: str) -> None:
+    for parser in (parse_fault, parse_ec):
+        try:
+            parser(text)
+        except ConfigError as error:
+            assert str(error).startswith(("--inject", "--ec"))
+
+
+def test_job_settings_validation_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--min-nodes"):
+        JobSettings(target_nodes=2, min_nodes=3).validate()
+    with pytest.raises(ConfigError, match="node index 5"):
+        JobSettings(target_nodes=3, min_nodes=3, inject=(parse_fault("kill-node:5@step=2"),)).validate()
+    with pytest.raises(ConfigError, match="--mode"):
+        JobSettings(mode="federated").validate()
