@@ -1,0 +1,68 @@
+"""Training-step overhead of snapshots, next to no snapshots, torch.save and DCP async_save.
+
+Every configuration is a real `ftrain launch --nodes N` job of the examples' transformer
+(gloo data-parallel on CPU), run in this one invocation, interleaved `--rounds` times; the
+figure is the median step time of rank 0 after warm-up. Ratios are to the run without
+snapshots ("off": one snapshot at the start and one at the end only).
+
+Run: python benchmarks/snapshot.py [--nodes 2] [--steps 60] [--rounds 2] [--dim 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = [  # (label, --snapshot-every, job mode)
+    ("off", 1_000_000, "ftrain"),
+    ("ftrain every step", 1, "ftrain"),
+    ("ftrain every 10 steps", 10, "ftrain"),
+    ("torch.save every step", 1_000_000, "torch-save"),
+    ("DCP async_save every step", 1_000_000, "dcp-async"),
+]
+
+
+def run(label: str, every: int, mode: str, args: argparse.Namespace, workdir: Path) -> dict:
+    out = workdir / f"{label.replace(' ', '_')}.json"
+    cmd = [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.nodes), "--snapshot-every", str(every),
+           "--job-id", "bench-snapshot", "--", str(REPO / "benchmarks" / "snapshot_job.py"), "--mode", mode,
+           "--steps", str(args.steps), "--dim", str(args.dim), "--out", str(out)]
+    result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise SystemExit(f"{label}: job failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=256)
+    args = parser.parse_args()
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+    info: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="ftrain-snapbench-") as tmp:
+        for _ in range(args.rounds):
+            for label, every, mode in CONFIGS:
+                result = run(label, every, mode, args, Path(tmp))
+                samples[label].append(result["median_step_s"])
+                info[label] = result
+    base = statistics.median(samples["off"])
+    params = info["off"]["params"]
+    print(f"transformer: {params / 1e6:.2f} M parameters (model + AdamW state = {params * 12 / 2**20:.0f} MiB), "
+          f"{args.nodes} nodes x 1 CPU trainer, median of {args.rounds} rounds")
+    print(f"{'configuration':30}{'step ms':>10}{'ratio':>8}")
+    for label, _, _ in CONFIGS:
+        value = statistics.median(samples[label])
+        print(f"{label:30}{value * 1000:>10.1f}{value / base:>7.3f}x")
+
+
+if __name__ == "__main__":
+    main()
