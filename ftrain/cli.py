@@ -24,6 +24,25 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0, help="seconds without heartbeat = dead node")
     parser.add_argument("--compress", default="none", help="none | zstd (snapshot shards)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    _tls_arguments(parser)
+
+
+def _tls_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("mutual TLS (all three, or none; inherited by agents and trainers)")
+    group.add_argument("--tls-cert", default=None, help="PEM certificate of this process")
+    group.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    group.add_argument("--tls-ca", default=None, help="PEM CA certificate that signs every peer")
+
+
+def _apply_tls(args: argparse.Namespace) -> None:
+    """Exports --tls-* as FTRAIN_TLS_* so this process and its children use mTLS (checked here)."""
+    from ftrain.rpc import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, tls_from_env
+
+    for flag, env in (("tls_cert", ENV_TLS_CERT), ("tls_key", ENV_TLS_KEY), ("tls_ca", ENV_TLS_CA)):
+        value = getattr(args, flag, None)
+        if value:
+            os.environ[env] = os.path.abspath(value)
+    tls_from_env()
 
 
 def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings:
@@ -56,17 +75,45 @@ def _script_command(args: argparse.Namespace) -> list[str]:
 def cmd_launch(args: argparse.Namespace) -> int:
     from ftrain.launch.local import LocalLauncher
 
-    if args.backend != "local":
-        raise ConfigError(f"--backend {args.backend}: only 'local' is available in this build")
+    if args.backend not in ("local", "ssh", "ray"):
+        raise ConfigError(f"--backend must be local, ssh or ray; got {args.backend!r}")
+    if args.hosts and args.backend != "ssh":
+        raise ConfigError("--hosts is read by --backend ssh only")
+    hosts = None
+    if args.backend == "ssh":
+        from ftrain.launch.ssh import load_hosts
+
+        if not args.hosts:
+            raise ConfigError("--backend ssh needs --hosts FILE (one `[user@]host[:port] [python=PATH]` per line)")
+        hosts = load_hosts(args.hosts)  # errors name the file and line
+    if args.nodes is None:  # ssh: one node per hosts-file line
+        args.nodes = len(hosts) if hosts else 1
     if args.no_replace:
         replace_timeout = 0.0
     else:
         replace_timeout = max(args.replace_delay + 30.0, 60.0)
     settings = _settings(args, replace_timeout)
-    launcher = LocalLauncher(settings, args.nproc_per_node, _script_command(args), replace=not args.no_replace,
-                             replace_delay_s=args.replace_delay, metrics_port=args.metrics_port,
-                             timeout_s=args.timeout)
-    code = launcher.run()
+    common = dict(replace=not args.no_replace, replace_delay_s=args.replace_delay, metrics_port=args.metrics_port,
+                  timeout_s=args.timeout, coordinator_port=args.coordinator_port,
+                  token=os.environ.get(ENV_TOKEN) or None, agent_metrics_port_base=args.agent_metrics_port_base)
+    if args.backend == "ssh":
+        from ftrain.launch.ssh import launcher_from_args as ssh_launcher
+
+        launcher = ssh_launcher(args, settings, _script_command(args), hosts, **common)
+    elif args.backend == "ray":
+        from ftrain.launch.ray import launcher_from_args as ray_launcher
+
+        launcher = ray_launcher(args, settings, _script_command(args), **common)
+    else:
+        launcher = LocalLauncher(settings, args.nproc_per_node, _script_command(args), **common)
+    print(f"ftrain launch: coordinator {launcher.coordinator.address}"
+          + (f", metrics on port {launcher.coordinator.metrics_port}" if launcher.coordinator.metrics_port else ""),
+          file=sys.stderr, flush=True)
+    try:
+        code = launcher.run()
+    except KeyboardInterrupt:  # the launcher has already torn its agents down
+        print("ftrain launch: interrupted; every agent was stopped", file=sys.stderr)
+        return 130
     state = launcher.coordinator.state
     print(f"ftrain launch: job {state.job_state}"
           + (f": {state.message}" if state.message else "")
@@ -138,12 +185,37 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(launch)
     launch.add_argument("--nproc-per-node", type=int, default=1)
     launch.add_argument("--backend", default="local", help="local | ssh | ray")
-    launch.add_argument("--hosts", default=None, help="hosts file (ssh backend)")
+    launch.add_argument("--hosts", default=None,
+                        help="hosts file (ssh backend): one `[user@]host[:port] [python=PATH] [identity=KEY] "
+                             "[cwd=DIR] [addr=ADDRESS]` per line; --nodes defaults to the number of lines")
+    launch.add_argument("--coordinator-host", default=None,
+                        help="address the embedded coordinator binds and advertises (ssh/ray; default 127.0.0.1 "
+                             "when every node is local, else the local address that reaches them)")
+    launch.add_argument("--remote-python", default="python3",
+                        help="ssh: interpreter (or venv python) on the hosts; a hosts-file python= overrides it")
+    launch.add_argument("--ssh-option", action="append", default=[], metavar="OPTION",
+                        help="ssh: extra `-o OPTION` for every connection, e.g. StrictHostKeyChecking=accept-new")
+    launch.add_argument("--ssh-identity", default=None, help="ssh: private key (a hosts-file identity= overrides it)")
+    launch.add_argument("--remote-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="ssh/ray: environment for the agents and trainers (sent with the token, not on argv)")
+    launch.add_argument("--ray-address", default=None,
+                        help="ray: address of an existing cluster (e.g. auto or HOST:6379); default: start a local one")
+    launch.add_argument("--ray-placement", default="auto",
+                        help="ray: auto | pack | spread | strict-spread | strict-pack (auto: STRICT_SPREAD when "
+                             "the cluster has a node per agent, else PACK)")
+    launch.add_argument("--ray-cpus-per-node", type=float, default=1.0, help="ray: CPUs reserved per agent actor")
+    launch.add_argument("--gpus-per-node", type=float, default=0, help="ray: GPUs requested per agent actor")
     launch.add_argument("--replace-delay", type=float, default=1.0, help="seconds before a lost node is replaced")
     launch.add_argument("--no-replace", action="store_true", help="shrink to the survivors instead of replacing")
     launch.add_argument("--timeout", type=float, default=None, help="fail the job after this many seconds")
+    launch.add_argument("--coordinator-port", type=int, default=0,
+                        help="port of the embedded coordinator (default: a free one; for `ftrain status` set "
+                             f"{ENV_TOKEN} too, else the job gets a random token)")
+    launch.add_argument("--agent-metrics-port-base", type=int, default=None,
+                        help="agent of node i serves /metrics on BASE+i (replacements continue the count); "
+                             "default with --metrics-port: a free port per agent, listed by `ftrain status`")
     launch.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
-    launch.set_defaults(func=cmd_launch)
+    launch.set_defaults(func=cmd_launch, nodes=None)  # None: 1, or one per --hosts line
 
     coord = sub.add_parser("coordinator", help="run the coordinator (token from FTRAIN_TOKEN)")
     _job_arguments(coord)
@@ -162,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--port", type=int, default=0)
     agent.add_argument("--metrics-port", type=int, default=None)
     agent.add_argument("--max-restarts", type=int, default=10)
+    _tls_arguments(agent)
     agent.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     agent.set_defaults(func=cmd_agent)
 
     status = sub.add_parser("status", help="show a running job")
     status.add_argument("--coordinator", required=True, help="HOST:PORT")
     status.add_argument("--json", action="store_true")
+    _tls_arguments(status)
     status.set_defaults(func=cmd_status)
 
     simulate = sub.add_parser("simulate", help="goodput projection at scale")
@@ -192,11 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core's fork notices are noise for users
+    # agents and launchers fork trainers while gRPC threads run; gRPC's fork handlers can abort the
+    # child between fork and exec, so they are off (no child of ours uses the parent's channels)
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        _apply_tls(args)
         return int(args.func(args) or 0)
     except ConfigError as error:
         print(f"ftrain {args.cmd}: {error}", file=sys.stderr)

@@ -3,18 +3,22 @@
 Every ftrain RPC carries the job token in `x-ftrain-token`; the server compares it in constant
 time and answers UNAUTHENTICATED otherwise. The standard health service stays open so that
 probes (kubelet, grpc_health_probe) work without the secret; it reveals nothing but liveness.
+With FTRAIN_TLS_CERT/KEY/CA set (`--tls-cert/--tls-key/--tls-ca`), every server requires and
+every channel presents a certificate signed by the job's CA (mutual TLS).
 """
 from __future__ import annotations
 
 import hmac
+import os
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ftrain.config import TOKEN_METADATA_KEY
+from ftrain.config import TOKEN_METADATA_KEY, ConfigError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -78,15 +82,58 @@ def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str])
     return servicer
 
 
+ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_CA = "FTRAIN_TLS_CERT", "FTRAIN_TLS_KEY", "FTRAIN_TLS_CA"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Mutual TLS material: this process's certificate and key, and the CA that signs every peer."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+
+def tls_from_env(environ: dict[str, str] | None = None) -> TlsFiles | None:
+    """mTLS is on when FTRAIN_TLS_CERT/KEY/CA name files (all three, or none)."""
+    env = os.environ if environ is None else environ
+    paths = {name: env.get(name, "") for name in (ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_CA)}
+    if not any(paths.values()):
+        return None
+    missing = [name for name, path in paths.items() if not path]
+    if missing:
+        raise ConfigError(f"mTLS needs --tls-cert, --tls-key and --tls-ca together; missing {', '.join(missing)}")
+    data = {}
+    for name, path in paths.items():
+        try:
+            with open(path, "rb") as f:
+                data[name] = f.read()
+        except OSError as error:
+            raise ConfigError(f"{name}: cannot read {path!r}: {error.strerror}") from None
+    return TlsFiles(data[ENV_TLS_CERT], data[ENV_TLS_KEY], data[ENV_TLS_CA])
+
+
 def bind(server: grpc.Server, host: str, port: int) -> int:
-    bound = server.add_insecure_port(f"{host}:{port}")
+    tls = tls_from_env()
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.ca,
+                                                  require_client_auth=True)
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
-        raise OSError(f"cannot bind gRPC server to {host}:{port}: address in use or not available")
+        raise OSError(f"cannot bind gRPC server to {address}: address in use or not available")
     return bound
 
 
 def open_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    tls = tls_from_env()
+    if tls is None:
+        return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
+                                               certificate_chain=tls.cert)
+    return grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
 
 
 def token_metadata(token: str) -> tuple[tuple[str, str], ...]:

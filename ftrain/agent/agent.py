@@ -29,12 +29,16 @@ log = logging.getLogger("ftrain.agent")
 _PR_SET_PDEATHSIG = 1
 
 
+try:  # resolved before any fork: the child may only call the function pointer
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _PRCTL = None
+
+
 def die_with_parent() -> None:
-    """preexec_fn: the trainer gets SIGKILL when its agent dies (a lost node loses its trainers)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+    """preexec_fn: the child gets SIGKILL when its parent dies (a lost node loses its trainers)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -49,6 +53,20 @@ class TrainerProcess:
 
 class AgentError(RuntimeError):
     pass
+
+
+class _NodeServicer(AgentServicer):
+    """The shard store plus the trainers' metrics reports (so each node is one scrape target)."""
+
+    def __init__(self, agent: "Agent") -> None:
+        super().__init__(agent.store, agent.job_id, agent._node_ref)
+        self.agent = agent
+
+    def ReportTrainerMetrics(self, request: agent_pb2.TrainerMetrics, context: grpc.ServicerContext) -> agent_pb2.TrainerMetricsAck:
+        self._check_job(request.job_id, context)
+        self.agent.metrics.record_trainer_report(request)
+        self.agent.trainer_steps[request.local_rank] = request.step
+        return agent_pb2.TrainerMetricsAck(ok=True)
 
 
 class Agent:
@@ -82,6 +100,7 @@ class Agent:
         self.port = bind(self.server, host, port)
         self.metrics_port = self.metrics.serve(metrics_port, addr=host) if metrics_port is not None else None
         self.trainers: dict[int, TrainerProcess] = {}
+        self.trainer_steps: dict[int, int] = {}  # local rank -> steps done (from its metrics reports)
         self.job_state = "running"
         self.job_message = ""
         self._lock = threading.Lock()
@@ -96,7 +115,8 @@ class Agent:
         deadline = time.monotonic() + self.connect_timeout_s
         request = pb.RegisterAgentRequest(job_id=self.job_id, node_id=self.node_id, address=self.address,
                                           nproc=self.nproc, hostname=socket.gethostname(),
-                                          protocol_version=cfg.PROTOCOL_VERSION)
+                                          protocol_version=cfg.PROTOCOL_VERSION,
+                                          metrics_address=f"{self.host}:{self.metrics_port}" if self.metrics_port else "")
         while True:
             try:
                 response = self.stub.RegisterAgent(request, timeout=5.0, metadata=self.metadata)
@@ -116,7 +136,8 @@ class Agent:
         while not self._stop.wait(self.heartbeat_interval_s):
             with self._lock:
                 infos = [pb.TrainerInfo(local_rank=t.local_rank, pid=t.process.pid, state=t.state,
-                                        exit_code=t.exit_code) for t in self.trainers.values()]
+                                        exit_code=t.exit_code, last_step=self.trainer_steps.get(t.local_rank, 0))
+                         for t in self.trainers.values()]
             count, size = self.store.stats()
             self.metrics.shard_store_bytes.set(size)
             try:
@@ -216,7 +237,7 @@ class Agent:
 
     def run(self) -> int:
         """Runs until the job completes (0) or fails (1)."""
-        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(self.store, self.job_id, self._node_ref), self.server)
+        agent_pb2_grpc.add_AgentServicer_to_server(_NodeServicer(self), self.server)
         add_health_and_reflection(self.server, [agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name])
         self.server.start()
         try:
@@ -251,7 +272,7 @@ class Agent:
         if self.job_state == "complete":
             log.info("agent %s: job complete", self.node_id)
             return 0
-        log.error("agent %s: job %s: %s", self.node_id, self.job_state, self.job_message)
+        log.error("agent %s: job %s: %s", self.node_id, self.job_state, self.job_message[:160])
         return 1
 
     def stop(self) -> None:

@@ -32,9 +32,12 @@ class ShardStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._shards: dict[tuple[str, int], StoredShard] = {}
+        self._corrupting = False  # fault injection: this node's shard memory has gone bad
 
     def put(self, blob_id: str, index: int, step: int, data: bytearray, crc32: int) -> None:
         with self._lock:
+            if self._corrupting and data:
+                data[len(data) // 2] ^= 0xFF
             self._shards[(blob_id, index)] = StoredShard(step, data, crc32)
 
     def get(self, blob_id: str, index: int) -> StoredShard | None:
@@ -49,11 +52,13 @@ class ShardStore:
             return len(old)
 
     def corrupt(self, step: int) -> list[str]:
-        """Flips bytes in every shard of `step` (fault injection: corrupt-shard)."""
+        """Fault injection (corrupt-shard): flips a byte in every shard of steps <= `step` held now,
+        and in every shard stored from now on, as a node whose memory went bad would."""
         hit = []
         with self._lock:
+            self._corrupting = True
             for (blob_id, index), shard in self._shards.items():
-                if shard.step == step and shard.data:
+                if shard.step <= step and shard.data:
                     shard.data[len(shard.data) // 2] ^= 0xFF
                     hit.append(f"{blob_id}#{index}")
         return hit

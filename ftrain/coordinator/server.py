@@ -21,6 +21,7 @@ import grpc
 from ftrain import metrics as metrics_mod
 from ftrain.config import PROTOCOL_VERSION, JobSettings
 from ftrain.coordinator.catalog import BlobRecord, Catalog
+from ftrain.coordinator.detector import StragglerDetector
 from ftrain.coordinator.membership import Generation, Membership
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, make_server, open_channel, token_metadata
@@ -69,6 +70,11 @@ class CoordinatorState:
         self._last_commit_time: float | None = None
         self.recoveries = 0
         self.failures = 0
+        self.lost_steps = metrics_mod.LostSteps()  # metrics: steps redone after a generation change
+        self.lost_trainers: set[tuple[str, int]] = set()  # of the current generation (live world size)
+        self.straggler = StragglerDetector()
+        self.metrics_endpoints: dict[str, str] = {}  # node -> its agent's /metrics host:port
+        self._last_commit: tuple[int, int, float] | None = None  # (generation, step, time): step duration
 
     # -- events ----------------------------------------------------------------------------
     def event(self, kind: str, message: str, **extra: Any) -> None:
@@ -92,9 +98,34 @@ class CoordinatorState:
             self.failure_since = self.clock()
         self.event("failure", message, failure_kind=kind)
 
+    def update_live_world(self, lost_trainer: tuple[str, int] | None = None) -> None:
+        """ftrain_world_size: ranks of the current generation still alive (drops at a failure)."""
+        if lost_trainer is not None:
+            self.lost_trainers.add(lost_trainer)
+        if self.plan is not None:
+            nodes = self.membership.nodes
+            self.metrics.world_size.set(sum(
+                1 for a in self.plan.generation.ranks if a.node_id in nodes and nodes[a.node_id].alive
+                and (a.node_id, a.local_rank) not in self.lost_trainers))
+
+    def record_compute(self, rank: int, step: int, mean_s: float, steps: int) -> None:
+        """Feeds the straggler detector the mean compute time of the `steps` steps before `step`."""
+        try:
+            for covered in range(max(0, step - min(steps, 1000)), step):
+                self.straggler.record(rank, covered, mean_s)
+        except ValueError:
+            return
+        for flag in self.straggler.new_flags():
+            self.metrics.stragglers.inc()
+            self.event("straggler", f"rank {flag.rank} is a straggler: {flag.slowdown:.2f} x the median compute "
+                                    f"time (window {flag.window})", rank=flag.rank, slowdown=round(flag.slowdown, 3))
+        for r, score in self.straggler.scores().items():
+            self.metrics.straggler_score.labels(rank=str(r)).set(score)
+
     def node_dead(self, node_id: str, reason: str) -> None:
         if self.membership.node_dead(node_id, self.clock()):
             self._record_failure("node", f"node {node_id} lost ({reason})")
+            self.update_live_world()
             self.metrics.heartbeat_age.remove(node_id) if node_id in self.last_seen else None
             self.last_seen.pop(node_id, None)
             self.try_form()
@@ -137,6 +168,12 @@ class CoordinatorState:
                 f"{restore_step}. " + "; ".join(lost)
             )
             return
+        lost = self.lost_steps.generation_formed(self.plan.generation.number if self.plan else None,
+                                                 generation.number, restore_step)
+        self.metrics.lost_steps.inc(lost)
+        self.lost_trainers.clear()
+        self.straggler.reset(range(generation.world_size))
+        self.metrics.straggler_score.clear()
         self.plan = GenerationPlan(generation, restore_step, blobs)
         self.catalog.open_generation(generation.number, generation.world_size)
         self.finished.clear()
@@ -185,6 +222,8 @@ class CoordinatorState:
                     "slot": node.slot, "heartbeat_age_s": round(self.clock() - self.last_seen[node.node_id], 2)
                     if node.node_id in self.last_seen else None,
                     "ranks": [a.rank for a in plan.generation.ranks if a.node_id == node.node_id] if plan else [],
+                    "step": max((t.last_step for t in self.trainers.get(node.node_id, [])), default=None),
+                    "metrics": self.metrics_endpoints.get(node.node_id, ""),
                 })
             return {
                 "job_id": self.settings.job_id,
@@ -202,7 +241,9 @@ class CoordinatorState:
                 "snapshot_interval_s": round(self.snapshot_interval_s, 4),
                 "failures": self.failures,
                 "recoveries": self.recoveries,
-                "stragglers": [],
+                "lost_steps": self.lost_steps.total,
+                "stragglers": [{"rank": r, "slowdown": round(self.straggler.scores().get(r, 0.0), 3)}
+                               for r in sorted(self.straggler.flagged())],
                 "members": members,
                 "events": list(self.events)[-20:],
                 "uptime_s": round(self.clock() - self.started_at, 1),
@@ -232,6 +273,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         with s.cond:
             node_id = s.membership.register_node(request.node_id, request.address, request.nproc, s.clock())
             s.last_seen[node_id] = s.clock()
+            s.metrics_endpoints[node_id] = request.metrics_address
             s.event("node-joined", f"node {node_id} ({request.hostname or request.address}) registered with "
                                    f"{request.nproc} trainer(s)", node=node_id)
             s.try_form()
@@ -258,6 +300,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             how = f"signal {-request.exit_code}" if request.exit_code < 0 else f"exit code {request.exit_code}"
             if s.membership.trainer_failed(request.node_id, request.local_rank, s.clock()) or s.membership.pending:
                 s._record_failure("rank", f"trainer {request.node_id}/{request.local_rank} (pid {request.pid}) died: {how}")
+                s.update_live_world((request.node_id, request.local_rank))
             if not request.will_restart:
                 s.fail(f"trainer {request.node_id}/{request.local_rank} keeps failing ({how}); its agent gave up")
             s.try_form()
@@ -354,6 +397,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             accepted = s.plan is not None and request.generation == s.plan.generation.number and not s.membership.pending
             if accepted:
                 s.metrics.snapshot_bytes.inc(blob.size)
+                s.metrics.erasure_encode_bytes.inc(blob.k * blob.shard_len if blob.m else 0)
+                s.metrics.lost_steps.inc(s.lost_steps.progress(request.generation, request.step))
                 if request.stall_s:
                     s.metrics.snapshot_stall.observe(request.stall_s)
                     s.stall_s = request.stall_s
@@ -361,6 +406,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     s.metrics.snapshot_duration.observe(request.snapshot_duration_s)
                 if request.compute_time_s:
                     s.compute_times[request.rank] = request.compute_time_s
+                    s.record_compute(request.rank, request.step, request.compute_time_s, request.steps_covered or 1)
                 if s.catalog.record(request.generation, record):
                     self._committed(request.step)
             return pb.SnapshotAck(accepted=accepted, current_generation=s.membership.number,
@@ -370,6 +416,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         s = self.s
         now = s.clock()
         s.metrics.step.set(step)
+        generation = s.plan.generation.number if s.plan else -1
+        if s._last_commit is not None and s._last_commit[0] == generation and step > s._last_commit[1]:
+            steps = step - s._last_commit[1]
+            for _ in range(min(steps, 10000)):  # one observation per step: rate(_count) is the step rate
+                s.metrics.step_duration.observe((now - s._last_commit[2]) / steps)
+        s._last_commit = (generation, step, now)
         if s._last_commit_time is not None:
             s.snapshot_interval_s = now - s._last_commit_time
         s._last_commit_time = now
@@ -396,6 +448,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def ReportProgress(self, request: pb.ProgressReport, context: grpc.ServicerContext) -> pb.Ack:
         with self.s.cond:
             self.s.progress[request.rank] = (request.step, self.s.clock())
+            self.s.metrics.lost_steps.inc(self.s.lost_steps.progress(request.generation, request.step))
         return pb.Ack(ok=True)
 
     def ClaimFault(self, request: pb.FaultClaim, context: grpc.ServicerContext) -> pb.Ack:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ftrain.agent.agent import die_with_parent
 from ftrain.config import ENV_TOKEN, JobSettings
@@ -33,8 +33,9 @@ class AgentProcess:
 class LocalLauncher:
     def __init__(self, settings: JobSettings, nproc_per_node: int, command: list[str], *, replace: bool = True,
                  replace_delay_s: float = 1.0, metrics_port: int | None = None, coordinator_port: int = 0,
-                 host: str = "127.0.0.1", token: str | None = None, quiet_agents: bool = False,
-                 extra_env: dict[str, str] | None = None, timeout_s: float | None = None) -> None:
+                 host: str = "127.0.0.1", token: str | None = None, agent_output: Any = None,
+                 extra_env: dict[str, str] | None = None, timeout_s: float | None = None,
+                 agent_metrics_port_base: int | None = None) -> None:
         settings.validate()
         if nproc_per_node < 1:
             raise ValueError(f"--nproc-per-node must be >= 1; got {nproc_per_node}")
@@ -47,9 +48,13 @@ class LocalLauncher:
         self.replace_delay_s = replace_delay_s
         self.host = host
         self.token = token or secrets.token_urlsafe(24)
-        self.quiet_agents = quiet_agents
+        self.agent_output = agent_output  # a file for agents' and trainers' output (default: inherit)
         self.extra_env = dict(extra_env or {})
         self.timeout_s = timeout_s
+        # agent metrics: node i (spawn order, replacements continue the count) serves on base + i; with no
+        # base but a coordinator --metrics-port, each agent takes a free port (listed by `ftrain status`)
+        self.agent_metrics_port_base = agent_metrics_port_base
+        self.agent_metrics = agent_metrics_port_base is not None or metrics_port is not None
         self.coordinator = Coordinator(settings, self.token, host=host, port=coordinator_port,
                                        metrics_port=metrics_port)
         self.agents: list[AgentProcess] = []
@@ -63,8 +68,12 @@ class LocalLauncher:
         env[ENV_TOKEN] = self.token  # through the environment, never the command line (visible in ps)
         cmd = [sys.executable, "-m", "ftrain", "agent", "--coordinator", self.coordinator.address,
                "--nproc-per-node", str(self.nproc), "--node-id", node_id, "--job-id", self.settings.job_id,
-               "--host", self.host, "--", *self.command]
-        output = subprocess.DEVNULL if self.quiet_agents else None
+               "--host", self.host]
+        if self.agent_metrics:
+            base = self.agent_metrics_port_base
+            cmd += ["--metrics-port", str(0 if base is None else base + self._next_node - 1)]
+        cmd += ["--", *self.command]
+        output = self.agent_output
         # own session (kill-node = SIGKILL to the group); dies with the launcher (no orphaned nodes)
         process = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=output, stderr=output,
                                    preexec_fn=die_with_parent)
@@ -86,7 +95,8 @@ class LocalLauncher:
                 if state != "running":
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    self.coordinator.state.fail(f"launcher timeout of {self.timeout_s:.0f} s reached")
+                    with self.coordinator.state.cond:  # fail() notifies: it needs the lock
+                        self.coordinator.state.fail(f"launcher timeout of {self.timeout_s:.0f} s reached")
                     break
                 self._watch_agents()
             return self._drain()

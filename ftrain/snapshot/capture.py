@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+import grpc
 import numpy as np
 import torch
 
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
+from ftrain.rpc import describe_rpc_error
 from ftrain.snapshot import layout as lay
 from ftrain.snapshot.erasure import NotEnoughShardsError, ReedSolomon, join_blob, shard_checksum, shard_length
 from ftrain.snapshot.placement import effective_code, place_blobs
@@ -165,7 +167,10 @@ class SnapshotEngine:
                 return
             try:
                 self._ship(job)
-            except Exception as error:  # reported to the training thread, never raised here
+            except grpc.RpcError as error:  # reported to the training thread, never raised here
+                job.error = describe_rpc_error(error, "shard transfer")
+                log.warning("snapshot of step %d not stored: %s", job.blob.step, job.error)
+            except Exception as error:
                 job.error = f"{type(error).__name__}: {error}"
                 log.warning("snapshot of step %d not stored: %s", job.blob.step, job.error)
             finally:
@@ -220,8 +225,11 @@ class SnapshotEngine:
             for future, shard in futures.items():
                 try:
                     got[shard.index] = future.result()
-                except (ShardCorrupted, Exception) as error:  # unreachable agent or bad checksum: an erasure
-                    problems.append(f"shard {shard.index} on {shard.node_id}: {str(error)[:120]}")
+                except grpc.RpcError as error:  # unreachable agent or missing shard: an erasure
+                    problems.append(f"shard {shard.index} on {shard.node_id}: "
+                                    f"{describe_rpc_error(error, 'agent ' + shard.node_id)[:160]}")
+                except ShardCorrupted as error:  # bad checksum: an erasure too
+                    problems.append(f"shard {shard.index} on {shard.node_id}: {error}")
         if len(got) < k:
             raise SnapshotLost(f"blob {info.blob_id} (step {info.step}, rank {info.producer_rank}): only {len(got)} of "
                                f"the {k} shards needed could be read; " + "; ".join(problems))

@@ -9,7 +9,8 @@ user's loop.
 from __future__ import annotations
 
 import datetime
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import torch
 from torch._C._distributed_c10d import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
@@ -46,18 +47,42 @@ def build_group(store: TCPStore, job_id: str, generation: int, rank: int, world_
         raise CollectiveError(f"building the process group of generation {generation} failed: {error}") from error
 
 
-def wait(work: torch.distributed.Work, what: str) -> None:
-    try:
-        work.wait()
-    except RuntimeError as error:
-        raise CollectiveError(f"{what} failed: {str(error).splitlines()[0][:300]}") from error
+class Group:
+    """A generation's process group whose waits can be abandoned.
 
+    gloo's abort() does not close its sockets, so a rank blocked on a dead or departed peer would
+    sit out the whole collective timeout. Waits here poll instead and give up as soon as
+    `abandoned()` says the generation moved on (the coordinator's watcher sets it).
+    """
 
-def broadcast(group: torch.distributed.ProcessGroup, tensor: torch.Tensor, root: int, what: str = "broadcast") -> None:
-    options = BroadcastOptions()
-    options.rootRank = root
-    options.rootTensor = 0
-    wait(group.broadcast([tensor], options), what)
+    def __init__(self, pg: torch.distributed.ProcessGroup, abandoned: Callable[[], bool]) -> None:
+        self.pg = pg
+        self.abandoned = abandoned
+        self.rank = pg.rank()
+        self.size = pg.size()
+
+    def wait(self, work: torch.distributed.Work, what: str) -> None:
+        delay = 2e-5
+        try:
+            while not work.is_completed():
+                if self.abandoned():
+                    raise CollectiveError(f"{what} abandoned: the generation moved on")
+                time.sleep(delay)
+                delay = min(delay * 2, 2e-3)
+            work.wait()
+        except RuntimeError as error:
+            if isinstance(error, CollectiveError):
+                raise
+            raise CollectiveError(f"{what} failed: {str(error).splitlines()[0][:300]}") from None
+
+    def allreduce(self, tensor: torch.Tensor, what: str = "all-reduce") -> None:
+        self.wait(self.pg.allreduce([tensor]), what)
+
+    def broadcast(self, tensor: torch.Tensor, root: int, what: str = "broadcast") -> None:
+        options = BroadcastOptions()
+        options.rootRank = root
+        options.rootTensor = 0
+        self.wait(self.pg.broadcast([tensor], options), what)
 
 
 class GradientSynchronizer:
@@ -70,7 +95,11 @@ class GradientSynchronizer:
             self._groups.setdefault((p.dtype, p.device), []).append(p)
         self._flats: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
-    def allreduce(self, group: torch.distributed.ProcessGroup | None, local_weight: float, total_weight: float) -> None:
+    def drop_buffers(self) -> None:
+        """Forgets the flat buffers: an abandoned collective may still write into the old ones."""
+        self._flats.clear()
+
+    def allreduce(self, group: Group | None, local_weight: float, total_weight: float) -> None:
         """grad <- sum_r(local_weight_r * grad_r) / total_weight, for every parameter."""
         for key, params in self._groups.items():
             numel = sum(p.numel() for p in params)
@@ -88,7 +117,7 @@ class GradientSynchronizer:
             if local_weight != 1.0:
                 flat.mul_(local_weight)
             if group is not None:
-                wait(group.allreduce([flat]), "gradient all-reduce")
+                group.allreduce(flat, "gradient all-reduce")
             if total_weight != 1.0:
                 flat.div_(total_weight)
             offset = 0
@@ -101,8 +130,8 @@ class GradientSynchronizer:
                 offset += n
 
 
-def broadcast_buffers(group: torch.distributed.ProcessGroup, module: torch.nn.Module) -> None:
+def broadcast_buffers(group: Group, module: torch.nn.Module) -> None:
     """Makes module buffers (e.g. BatchNorm statistics) identical to rank 0's, as DDP does."""
     for buffer in module.buffers():
         if buffer.numel():
-            broadcast(group, buffer.data, 0, "buffer broadcast")
+            group.broadcast(buffer.data, 0, "buffer broadcast")

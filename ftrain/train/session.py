@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from ftrain import metrics
 from ftrain.config import FaultSpec, TrainerEnv, parse_fault
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import layout as lay
@@ -111,6 +112,10 @@ class Session:
         self._moved = threading.Event()
         self._closed = threading.Event()
         self.stats = {"recoveries": 0, "failed_steps": 0, "stall_s": 0.0, "captures": 0}
+        self._compute_s, self._compute_n = 0.0, 0  # compute time since the last capture (straggler detection)
+        self._report_extras: dict[int, tuple[float, int]] = {}  # step -> (mean compute s, steps) for its report
+        self._last_stall_s = 0.0
+        self.reporter = metrics.TrainerReporter("", "", "", 0)  # per-node metrics via the agent (off without one)
         self.use_cuda = any(p.is_cuda for p in model.parameters())
         if self.env is None:
             self.trainer_uid = f"local/0/{os.getpid()}"
@@ -122,7 +127,9 @@ class Session:
             self.client = CoordinatorClient(self.env, connect_timeout_s=timeout)
             self.agents = AgentPool(self.env.token, self.env.job_id)
             self.engine = SnapshotEngine(self.env.job_id, self.trainer_uid, self.env.node_id, self.agents,
-                                         lambda report: self.client.call("ReportSnapshot", report, timeout=30.0))
+                                         self._report_snapshot)
+            self.reporter = metrics.TrainerReporter(os.environ.get("FTRAIN_AGENT_ADDRESS", ""), self.env.token,
+                                                    self.env.job_id, self.env.local_rank)
         self._store: Any = None
         self._members: list[pb.Member] = []
 
@@ -159,6 +166,7 @@ class Session:
                 if self._moved.is_set():
                     raise _StepFailed("the generation moved on")
                 self._inject_faults()
+                step_started = time.perf_counter()
                 batch, count = self._next_batch()
                 self._begin_step(count)
                 if count:
@@ -172,18 +180,27 @@ class Session:
                     raise self._step_error
                 self.sampler.advance(self.world_size, self.batch_shares or None) if self.sampler else None
                 self.step += 1
+                self.reporter.step_done(time.perf_counter() - step_started)
+                self._report_state()
                 if self.step % self.snapshot_every == 0 and self.step < total_steps:
                     self._capture()
             except (_StepFailed, collectives.CollectiveError, SnapshotLost) as error:
-                self.stats["failed_steps"] += 1
-                log.warning("rank %d: step %d failed (%s); recovering", self.rank, self.step, str(error)[:200])
-                self._report_failure(str(error))
-                self._recover(first=False)
+                reason = str(error)
+            else:
+                continue
+            # outside the except block, so the failed step's frames (and its process group) are released
+            self._step_error = None
+            self.stats["failed_steps"] += 1
+            log.warning("rank %d: step %d failed (%s); recovering", self.rank, self.step, reason[:200])
+            self._report_failure(reason)
+            self._recover(first=False)
 
     def finish(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._report_state()
+        self.reporter.close()
         self.engine.close()
         if self.client is not None:
             self.client.close()
@@ -217,6 +234,8 @@ class Session:
         self._stepped = True
         if self._slow_factor > 1.0:
             time.sleep((time.perf_counter() - self._compute_start) * (self._slow_factor - 1.0))
+        self._compute_s += time.perf_counter() - self._compute_start
+        self._compute_n += 1
         if self.env is None and self.world_size == 1:
             return self._inner.step(closure)
         try:
@@ -265,10 +284,31 @@ class Session:
             self._wait_committed(self._last_capture)
         named, opt_meta = self._replicated()
         layout = lay.build_layout(named)
+        if len(self._report_extras) > 64:  # reports of failed captures never come
+            self._report_extras.clear()
+        if self._compute_n:
+            self._report_extras[self.step] = (self._compute_s / self._compute_n, self._compute_n)
+        self._compute_s, self._compute_n = 0.0, 0
         self.engine.capture(self.step, [t for _, t in named], layout, self._meta(opt_meta), keep_step=self._committed_step)
         self._last_capture = self.step
         self.stats["captures"] += 1
-        self.stats["stall_s"] += time.perf_counter() - started
+        self._last_stall_s = time.perf_counter() - started
+        self.stats["stall_s"] += self._last_stall_s
+        self.reporter.stall(self._last_stall_s)
+
+    def _report_snapshot(self, report: pb.SnapshotReport) -> pb.SnapshotAck:
+        """Sends a snapshot report (snapshot worker thread) with this rank's compute time and stall."""
+        compute = self._report_extras.pop(report.step, None)
+        if compute is not None:
+            report.compute_time_s, report.steps_covered = compute
+        report.stall_s = self._last_stall_s  # the newest finished capture's stall
+        blob = report.blob
+        self.reporter.snapshot_stored(report.snapshot_duration_s, blob.size, blob.k * blob.shard_len if blob.m else 0)
+        return self.client.call("ReportSnapshot", report, timeout=30.0)
+
+    def _report_state(self) -> None:
+        self.reporter.state(rank=self.rank, generation=self.generation, world_size=self.world_size, step=self.step,
+                            committed_step=self._committed_step)
 
     def _wait_committed(self, step: int) -> None:
         while True:
@@ -290,7 +330,9 @@ class Session:
 
     # -- recovery ----------------------------------------------------------------------------
     def _report_failure(self, reason: str) -> None:
-        try:
+        try:  # progress first: the coordinator counts the steps lost between the restore step and here
+            self.client.call("ReportProgress", pb.ProgressReport(trainer_uid=self.trainer_uid, generation=self.generation,
+                                                                 rank=self.rank, step=self.step))
             self.client.call("ReportFailure", pb.FailureReport(trainer_uid=self.trainer_uid, generation=self.generation,
                                                                rank=self.rank, reason=reason[:500]))
         except Exception as error:  # the coordinator finds the failure by itself too
@@ -300,7 +342,8 @@ class Session:
         if not first:
             self.stats["recoveries"] += 1
         while True:
-            self._group = None  # drops the old group: its sockets close, so blocked peers fail fast
+            self._group = None
+            self._sync.drop_buffers()
             self.engine.wait_previous()
             assignment = self.client.join(self.trainer_uid, self.generation)
             if assignment.status == "complete":
@@ -329,22 +372,23 @@ class Session:
         if self._store is None:
             self._store = collectives.connect_store(a.store_address, max(30.0, config.collective_timeout_s))
         bind_host = os.environ.get("FTRAIN_BIND_HOST", "127.0.0.1")
-        self._group = collectives.build_group(self._store, self.env.job_id, a.generation, a.rank, a.world_size,
-                                              config.collective_timeout_s or 30.0, bind_host, self.use_cuda)
+        pg = collectives.build_group(self._store, self.env.job_id, a.generation, a.rank, a.world_size,
+                                     config.collective_timeout_s or 30.0, bind_host, self.use_cuda)
+        self._group = collectives.Group(pg, self._moved.is_set)
         self.engine.configure(a.generation, a.rank, a.world_size, self._members, config.ec_k, config.ec_m)
         self._last_capture = None
         if a.restore_step < 0:
             self._fresh_start()
         else:
             self._restore(a)
+        self._report_state()
         log.info("rank %d/%d in generation %d at step %d", self.rank, self.world_size, self.generation, self.step)
 
     def _fresh_start(self) -> None:
         """Nobody has trained yet: everyone starts from rank 0's initial state, then commits step 0."""
         named, _ = self._replicated()
         for _, tensor in named:
-            collectives.broadcast(self._group, tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor, 0,
-                                  "initial state broadcast")
+            self._group.broadcast(tensor, 0, "initial state broadcast")
         self.step = 0
         if self.sampler is not None:
             self.sampler.epoch, self.sampler.cursor = 0, 0
@@ -365,7 +409,7 @@ class Session:
                 tensor = torch.from_numpy(np.ascontiguousarray(data))
             else:
                 tensor = torch.empty(info.size, dtype=torch.uint8)
-            collectives.broadcast(self._group, tensor, info.source_rank, f"restore of {info.blob_id}")
+            self._group.broadcast(tensor, info.source_rank, f"restore of {info.blob_id}")
             blobs[info.producer_rank] = lay.read_blob(tensor.numpy())
         if not blobs:
             raise SnapshotLost(f"no blobs listed for step {a.restore_step}")
@@ -442,7 +486,8 @@ class Session:
             elif fault.kind == "hang-rank":
                 os.kill(os.getpid(), signal.SIGSTOP)
             elif fault.kind == "corrupt-shard" and 0 <= fault.target < len(self._members):
-                self.agents.corrupt(self._members[fault.target].address, self._committed_step)
+                hit = self.agents.corrupt(self._members[fault.target].address, self.step)
+                log.warning("corrupted %d shard(s) on node %s", len(hit), self._members[fault.target].node_id)
 
     # -- single-process mode -----------------------------------------------------------------
     def _local_steps(self, total_steps: int) -> Iterator[tuple[int, Any]]:

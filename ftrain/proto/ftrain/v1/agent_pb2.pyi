@@ -75,3 +75,37 @@ class PingResponse(_message.Message):
     shard_count: int
     shard_bytes: int
     def __init__(self, node_id: _Optional[str] = ..., job_id: _Optional[str] = ..., shard_count: _Optional[int] = ..., shard_bytes: _Optional[int] = ...) -> None: ...
+
+class TrainerMetrics(_message.Message):
+    __slots__ = ("job_id", "local_rank", "rank", "generation", "world_size", "step", "committed_step", "step_duration_s", "stall_s", "snapshot_duration_s", "snapshot_bytes", "encode_bytes")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    STALL_S_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    local_rank: int
+    rank: int
+    generation: int
+    world_size: int
+    step: int
+    committed_step: int
+    step_duration_s: _containers.RepeatedScalarFieldContainer[float]
+    stall_s: _containers.RepeatedScalarFieldContainer[float]
+    snapshot_duration_s: _containers.RepeatedScalarFieldContainer[float]
+    snapshot_bytes: int
+    encode_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., step: _Optional[int] = ..., committed_step: _Optional[int] = ..., step_duration_s: _Optional[_Iterable[float]] = ..., stall_s: _Optional[_Iterable[float]] = ..., snapshot_duration_s: _Optional[_Iterable[float]] = ..., snapshot_bytes: _Optional[int] = ..., encode_bytes: _Optional[int] = ...) -> None: ...
+
+class TrainerMetricsAck(_message.Message):
+    __slots__ = ("ok",)
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    def __init__(self, ok: _Optional[bool] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AgentStub:
                 request_serializer=ftrain_dot_v1_dot_agent__pb2.CorruptRequest.SerializeToString,
                 response_deserializer=ftrain_dot_v1_dot_agent__pb2.CorruptResponse.FromString,
                 _registered_method=True)
+        self.ReportTrainerMetrics = channel.unary_unary(
+                '/ftrain.v1.Agent/ReportTrainerMetrics',
+                request_serializer=ftrain_dot_v1_dot_agent__pb2.TrainerMetrics.SerializeToString,
+                response_deserializer=ftrain_dot_v1_dot_agent__pb2.TrainerMetricsAck.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -84,6 +89,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTrainerMetrics(self, request, context):
+        """trainer -> its agent's /metrics
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +118,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.CorruptShards,
                     request_deserializer=ftrain_dot_v1_dot_agent__pb2.CorruptRequest.FromString,
                     response_serializer=ftrain_dot_v1_dot_agent__pb2.CorruptResponse.SerializeToString,
+            ),
+            'ReportTrainerMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTrainerMetrics,
+                    request_deserializer=ftrain_dot_v1_dot_agent__pb2.TrainerMetrics.FromString,
+                    response_serializer=ftrain_dot_v1_dot_agent__pb2.TrainerMetricsAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +233,33 @@ class Agent:
             '/ftrain.v1.Agent/CorruptShards',
             ftrain_dot_v1_dot_agent__pb2.CorruptRequest.SerializeToString,
             ftrain_dot_v1_dot_agent__pb2.CorruptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTrainerMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ftrain.v1.Agent/ReportTrainerMetrics',
+            ftrain_dot_v1_dot_agent__pb2.TrainerMetrics.SerializeToString,
+            ftrain_dot_v1_dot_agent__pb2.TrainerMetricsAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,20 +29,22 @@ class TrainerInfo(_message.Message):
     def __init__(self, local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version")
+    __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version", "metrics_address")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NPROC_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     address: str
     nproc: int
     hostname: str
     protocol_version: int
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., nproc: _Optional[int] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., nproc: _Optional[int] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("node_id", "config")
