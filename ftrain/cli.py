@@ -22,6 +22,11 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collective-timeout", type=float, default=30.0,
                         help="seconds before a blocked collective is abandoned (hang bound)")
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0, help="seconds without heartbeat = dead node")
+    parser.add_argument("--hang-timeout", type=float, default=30.0,
+                        help="minimum seconds without step progress before a rank counts as hung "
+                             "(the watchdog uses max(this, 5 x p99 step time))")
+    parser.add_argument("--straggler-policy", default="rebalance",
+                        help="response ladder for slow ranks: report | rebalance | evict")
     parser.add_argument("--compress", default="none", help="none | zstd (snapshot shards)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     _tls_arguments(parser)
@@ -51,6 +56,7 @@ def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings
         snapshot_every=args.snapshot_every, ec=parse_ec(args.ec), mode=args.mode, strategy=args.strategy,
         inject=tuple(parse_fault(spec) for spec in args.inject), replace_timeout_s=replace_timeout_s,
         collective_timeout_s=args.collective_timeout, heartbeat_dead_after_s=args.heartbeat_timeout,
+        hang_timeout_s=args.hang_timeout, straggler_policy=args.straggler_policy,
         compress=args.compress,
     ).validate()
 
@@ -119,6 +125,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
           + (f": {state.message}" if state.message else "")
           + f" (failures {state.failures}, recoveries {state.recoveries}, last committed step "
             f"{state.catalog.newest_committed})", file=sys.stderr)
+    if args.events_file:
+        import json
+
+        with open(args.events_file, "w") as f:
+            for event in list(state.events):
+                f.write(json.dumps(event) + "\n")
     return code
 
 
@@ -208,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--replace-delay", type=float, default=1.0, help="seconds before a lost node is replaced")
     launch.add_argument("--no-replace", action="store_true", help="shrink to the survivors instead of replacing")
     launch.add_argument("--timeout", type=float, default=None, help="fail the job after this many seconds")
+    launch.add_argument("--events-file", default=None, help="write the coordinator's events here (JSON lines) at the end")
     launch.add_argument("--coordinator-port", type=int, default=0,
                         help="port of the embedded coordinator (default: a free one; for `ftrain status` set "
                              f"{ENV_TOKEN} too, else the job gets a random token)")

@@ -19,6 +19,7 @@ PROTOCOL_VERSION = 1
 
 FAULT_KINDS = ("kill-rank", "kill-node", "hang-rank", "slow-rank", "corrupt-shard")
 MODES = ("sync", "async")
+STRAGGLER_POLICIES = ("report", "rebalance", "evict")
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,8 @@ class JobSettings:
     heartbeat_dead_after_s: float = 10.0
     heartbeat_suspect_after_s: float = 3.0
     compress: str = "none"
+    hang_timeout_s: float = 30.0
+    straggler_policy: str = "rebalance"
 
     def validate(self) -> "JobSettings":
         if self.target_nodes < 1:
@@ -122,6 +125,11 @@ class JobSettings:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.compress not in ("none", "zstd"):
             raise ConfigError(f"--compress must be 'none' or 'zstd'; got {self.compress!r}")
+        if self.hang_timeout_s <= 0:
+            raise ConfigError(f"--hang-timeout must be > 0 s; got {self.hang_timeout_s}")
+        if self.straggler_policy not in STRAGGLER_POLICIES:
+            raise ConfigError(f"--straggler-policy must be one of {', '.join(STRAGGLER_POLICIES)}; "
+                              f"got {self.straggler_policy!r}")
         if self.collective_timeout_s <= 0:
             raise ConfigError(f"collective timeout must be > 0 s; got {self.collective_timeout_s}")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.job_id):

@@ -165,6 +165,10 @@ class Agent:
 
     def _run_command(self, command: str) -> None:
         verb, _, arg = command.partition(":")
+        if verb == "evict":  # the coordinator removed this node (e.g. a persistent straggler)
+            log.warning("node %s evicted by the coordinator; stopping its trainers", self.node_id)
+            self._finish("evicted", "evicted by the coordinator")
+            return
         with self._lock:
             trainer = self.trainers.get(int(arg)) if arg.isdigit() else None
         if trainer is None:

@@ -21,7 +21,8 @@ import grpc
 from ftrain import metrics as metrics_mod
 from ftrain.config import PROTOCOL_VERSION, JobSettings
 from ftrain.coordinator.catalog import BlobRecord, Catalog
-from ftrain.coordinator.detector import StragglerDetector
+from ftrain.coordinator.detector import (DetectionConfig, HangDetector, ResponsePolicy, StragglerDetector, StragglerFlag,
+                                         decide_response, rebalance_shares)
 from ftrain.coordinator.membership import Generation, Membership
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, make_server, open_channel, token_metadata
@@ -73,6 +74,10 @@ class CoordinatorState:
         self.lost_steps = metrics_mod.LostSteps()  # metrics: steps redone after a generation change
         self.lost_trainers: set[tuple[str, int]] = set()  # of the current generation (live world size)
         self.straggler = StragglerDetector()
+        self.hang = HangDetector(DetectionConfig(hang_timeout_min_s=settings.hang_timeout_s,
+                                                 dead_after_s=settings.heartbeat_dead_after_s))
+        self.times_flagged: collections.Counter[int] = collections.Counter()
+        self.pulses: dict[int, tuple[float, bool]] = {}  # rank -> (last pulse, waiting in a collective)
         self.metrics_endpoints: dict[str, str] = {}  # node -> its agent's /metrics host:port
         self._last_commit: tuple[int, int, float] | None = None  # (generation, step, time): step duration
 
@@ -119,8 +124,62 @@ class CoordinatorState:
             self.metrics.stragglers.inc()
             self.event("straggler", f"rank {flag.rank} is a straggler: {flag.slowdown:.2f} x the median compute "
                                     f"time (window {flag.window})", rank=flag.rank, slowdown=round(flag.slowdown, 3))
+            self.respond_to_straggler(flag)
         for r, score in self.straggler.scores().items():
             self.metrics.straggler_score.labels(rank=str(r)).set(score)
+
+    def respond_to_straggler(self, flag: StragglerFlag) -> None:
+        """The response ladder (report -> rebalance -> evict), as the job's policy says."""
+        self.times_flagged[flag.rank] += 1
+        action = decide_response(self.settings.straggler_policy, self.settings.mode, flag, self.times_flagged[flag.rank])
+        plan = self.plan
+        if plan is None or self.membership.pending:
+            return
+        if action.kind == ResponsePolicy.REBALANCE:
+            scores = self.straggler.scores()
+            slowdowns = {r: max(1.0, scores.get(r, 1.0)) for r in range(plan.generation.world_size)}
+            shares = rebalance_shares(slowdowns, 1000 * plan.generation.world_size)
+            ordered = [shares[r] for r in range(plan.generation.world_size)]
+            self.event("rebalance", f"rank {flag.rank} gets {shares[flag.rank] / 1000:.2f} of a normal batch share "
+                                    f"(slowdown {flag.slowdown:.2f}); global batch unchanged",
+                       rank=flag.rank, shares=ordered)
+            self.membership.request_reconfigure(self.clock(), batch_shares=ordered)
+            self.cond.notify_all()
+        elif action.kind == ResponsePolicy.EVICT:
+            node_id = plan.generation.ranks[flag.rank].node_id
+            self.event("evict", f"evicting node {node_id} (rank {flag.rank}, slowdown {flag.slowdown:.2f})",
+                       rank=flag.rank, node=node_id)
+            self.commands[node_id].append("evict")
+            self.node_dead(node_id, "evicted as a straggler")
+
+    def check_hangs(self) -> None:
+        """Ranks without step progress for the hang timeout are killed and treated as failed."""
+        plan = self.plan
+        if plan is None or self.membership.pending or self.job_state != "running":
+            return
+        now = self.clock()
+        hung = self.hang.hung(now)
+        if not hung:
+            return
+        # peers blocked in a collective on the culprit make no progress either: kill only the ranks
+        # that are frozen (pulse silent) or stuck outside a collective; all of them if none stands out
+        culprits = [r for r in hung if now - self.pulses.get(r, (0.0, False))[0] > 3.0 or not self.pulses[r][1]]
+        waiting = [r for r in hung if r not in culprits]
+        if waiting:
+            self.event("hang-peers", f"ranks {waiting} are waiting in a collective on ranks {culprits or hung}")
+        for rank in culprits or hung:
+            assignment = plan.generation.ranks[rank]
+            self.failures += 1
+            self.metrics.failures.labels(kind="hang").inc()
+            self.event("failure", f"rank {rank} ({assignment.node_id}/{assignment.local_rank}) hung: no step "
+                                  f"progress for {self.hang.timeout_s():.1f} s; killing it", failure_kind="hang",
+                       rank=rank)
+            self.commands[assignment.node_id].append(f"kill-trainer:{assignment.local_rank}")
+            self.hang.remove_rank(rank)
+        if self.failure_since is None:
+            self.failure_since = self.clock()
+        self.membership.collective_failed(plan.generation.number, self.clock())
+        self.cond.notify_all()
 
     def node_dead(self, node_id: str, reason: str) -> None:
         if self.membership.node_dead(node_id, self.clock()):
@@ -173,6 +232,8 @@ class CoordinatorState:
         self.metrics.lost_steps.inc(lost)
         self.lost_trainers.clear()
         self.straggler.reset(range(generation.world_size))
+        self.hang.reset(range(generation.world_size), now=self.clock())
+        self.pulses = {}
         self.metrics.straggler_score.clear()
         self.plan = GenerationPlan(generation, restore_step, blobs)
         self.catalog.open_generation(generation.number, generation.world_size)
@@ -208,6 +269,7 @@ class CoordinatorState:
                 self.metrics.heartbeat_age.labels(node=node_id).set(age)
                 if age >= self.settings.heartbeat_dead_after_s:
                     self.node_dead(node_id, f"no heartbeat for {age:.1f} s")
+            self.check_hangs()
             self.try_form()
         return []
 
@@ -284,6 +346,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         s = self.s
         with s.cond:
             node = s.membership.nodes.get(request.node_id)
+            if node is not None and not node.alive and "evict" in s.commands.get(request.node_id, []):
+                s.commands.pop(request.node_id)
+                return pb.HeartbeatResponse(job_state=s.job_state, known=True, commands=["evict"])
             if node is None or not node.alive:
                 return pb.HeartbeatResponse(job_state=s.job_state, known=False, message="unknown node: re-register")
             s.last_seen[request.node_id] = s.clock()
@@ -404,6 +469,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     s.stall_s = request.stall_s
                 if request.snapshot_duration_s:
                     s.metrics.snapshot_duration.observe(request.snapshot_duration_s)
+                previous = s.progress.get(request.rank)
+                step_time = None
+                if previous is not None and request.step > previous[0]:
+                    step_time = (s.clock() - previous[1]) / (request.step - previous[0])
+                s.hang.progress(request.rank, request.step, s.clock(), step_time)
+                s.progress[request.rank] = (request.step, s.clock())
                 if request.compute_time_s:
                     s.compute_times[request.rank] = request.compute_time_s
                     s.record_compute(request.rank, request.step, request.compute_time_s, request.steps_covered or 1)
@@ -447,6 +518,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def ReportProgress(self, request: pb.ProgressReport, context: grpc.ServicerContext) -> pb.Ack:
         with self.s.cond:
+            plan = self.s.plan
+            if request.pulse:
+                if plan is not None and request.generation == plan.generation.number:
+                    self.s.pulses[request.rank] = (self.s.clock(), request.in_collective)
+                return pb.Ack(ok=True)
             self.s.progress[request.rank] = (request.step, self.s.clock())
             self.s.metrics.lost_steps.inc(self.s.lost_steps.progress(request.generation, request.step))
         return pb.Ack(ok=True)
@@ -466,6 +542,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             plan = s.plan
             if plan is not None and request.generation == plan.generation.number:
                 s.finished.add(request.rank)
+                s.hang.remove_rank(request.rank)
                 if len(s.finished) == plan.generation.world_size and s.job_state == "running":
                     s.job_state = "complete"
                     s.event("job-complete", f"all {plan.generation.world_size} ranks finished at step {request.step}")

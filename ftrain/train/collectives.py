@@ -60,9 +60,11 @@ class Group:
         self.abandoned = abandoned
         self.rank = pg.rank()
         self.size = pg.size()
+        self.waiting_since: float | None = None  # read by the trainer's pulse (hang attribution)
 
     def wait(self, work: torch.distributed.Work, what: str) -> None:
         delay = 2e-5
+        self.waiting_since = time.monotonic()
         try:
             while not work.is_completed():
                 if self.abandoned():
@@ -74,6 +76,8 @@ class Group:
             if isinstance(error, CollectiveError):
                 raise
             raise CollectiveError(f"{what} failed: {str(error).splitlines()[0][:300]}") from None
+        finally:
+            self.waiting_since = None
 
     def allreduce(self, tensor: torch.Tensor, what: str = "all-reduce") -> None:
         self.wait(self.pg.allreduce([tensor]), what)

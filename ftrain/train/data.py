@@ -54,13 +54,19 @@ class ElasticSampler:
         return self._perm
 
     def rank_counts(self, world_size: int, shares: Sequence[int] | None = None) -> list[int]:
-        shares = list(shares) if shares else [self.batch_size] * world_size
-        if len(shares) != world_size:
-            raise ValueError(f"{len(shares)} batch shares for world size {world_size}")
+        """Samples per rank for the next step: batch_size each, or the global batch
+        (batch_size x world_size) split by `shares` (relative weights, e.g. after a straggler
+        rebalance); the epoch's tail is split the same way."""
+        if shares:
+            if len(shares) != world_size:
+                raise ValueError(f"{len(shares)} batch shares for world size {world_size}")
+            counts = split_counts(self.batch_size * world_size, shares)
+        else:
+            counts = [self.batch_size] * world_size
         remaining = self.dataset_len - self.cursor
-        if sum(shares) <= remaining:
-            return shares
-        return split_counts(remaining, shares)
+        if sum(counts) <= remaining:
+            return counts
+        return split_counts(remaining, counts)
 
     def global_indices(self, world_size: int, shares: Sequence[int] | None = None) -> list[list[int]]:
         """Indices for every rank for the next step (does not advance)."""

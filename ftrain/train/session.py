@@ -153,6 +153,7 @@ class Session:
         if self.env is None:
             yield from self._local_steps(total_steps)
             return
+        self._start_pulse()
         self._recover(first=True)
         while True:
             try:
@@ -439,6 +440,23 @@ class Session:
                               {b.blob_id for b in a.restore_blobs if b.producer_trainer == self.trainer_uid} else None)
 
     # -- watcher and faults ------------------------------------------------------------------
+    def _start_pulse(self) -> None:
+        """Every second, from its own thread: 'this process runs; this is my step; am I blocked
+        in a collective'. A frozen rank (SIGSTOP, a wedged process) goes silent, which is how the
+        coordinator tells it apart from the peers that are merely waiting for it."""
+        def pulse() -> None:
+            while not self._closed.wait(1.0):
+                group = self._group
+                try:
+                    self.client.call("ReportProgress", pb.ProgressReport(
+                        trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step,
+                        in_collective=group is not None and group.waiting_since is not None, pulse=True),
+                        timeout=5.0, retry_unavailable=False)
+                except Exception:  # the coordinator may be restarting; the next pulse tries again
+                    continue
+
+        threading.Thread(target=pulse, name="ftrain-pulse", daemon=True).start()
+
     def _start_watcher(self, generation: int) -> None:
         def watch() -> None:
             while not self._closed.is_set() and self.generation == generation:

@@ -295,18 +295,22 @@ class WatchResponse(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., job_state: _Optional[str] = ...) -> None: ...
 
 class ProgressReport(_message.Message):
-    __slots__ = ("trainer_uid", "generation", "rank", "step", "compute_time_s")
+    __slots__ = ("trainer_uid", "generation", "rank", "step", "compute_time_s", "in_collective", "pulse")
     TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    IN_COLLECTIVE_FIELD_NUMBER: _ClassVar[int]
+    PULSE_FIELD_NUMBER: _ClassVar[int]
     trainer_uid: str
     generation: int
     rank: int
     step: int
     compute_time_s: float
-    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., compute_time_s: _Optional[float] = ...) -> None: ...
+    in_collective: bool
+    pulse: bool
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., compute_time_s: _Optional[float] = ..., in_collective: _Optional[bool] = ..., pulse: _Optional[bool] = ...) -> None: ...
 
 class FaultClaim(_message.Message):
     __slots__ = ("trainer_uid", "fault", "rank", "step")

@@ -1,0 +1,50 @@
+"""Hang and straggler detection in real jobs, with the coordinator's response."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from procs import SCRIPTS, new_job_id, run_ftrain
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def launch(tmp_path: Path, name: str, nodes: int, steps: int, *extra: str) -> tuple[dict, list[dict]]:
+    out, events = tmp_path / f"{name}.pt", tmp_path / f"{name}.events"
+    job = new_job_id(name)
+    result = run_ftrain(["launch", "--nodes", str(nodes), "--job-id", job, "--events-file", str(events), *extra,
+                         "--", str(SCRIPTS / "ledger_job.py"), "--steps", str(steps), "--out", str(out)], job,
+                        timeout=280)
+    assert result.returncode == 0, result.stdout[-6000:]
+    return torch.load(out), [json.loads(line) for line in events.read_text().splitlines()]
+
+
+def test_hung_rank_is_detected_killed_and_the_job_recovers_bit_identical(tmp_path: Path) -> None:
+    reference, _ = launch(tmp_path, "ref", 3, 25)
+    result, events = launch(tmp_path, "hang", 3, 25, "--hang-timeout", "3", "--inject", "hang-rank:1@step=10")
+    injected = next(e for e in events if e["kind"] == "inject")
+    hang = next(e for e in events if e["kind"] == "failure" and e.get("failure_kind") == "hang")
+    assert hang["rank"] == 1, "only the frozen rank is the culprit, not the peers waiting for it"
+    assert not [e for e in events if e.get("failure_kind") == "hang" and e["rank"] != 1]
+    print(f"\nhang detected {hang['time'] - injected['time']:.2f} s after the SIGSTOP (hang timeout 3 s)")
+    assert result["generation"] >= 1
+    for key in reference["params"]:
+        assert torch.equal(reference["params"][key], result["params"][key])
+
+
+def test_slow_rank_is_flagged_and_rebalanced(tmp_path: Path) -> None:
+    _, events = launch(tmp_path, "slow", 4, 140, "--inject", "slow-rank:1x3.0", "--straggler-policy", "rebalance")
+    flags = [e for e in events if e["kind"] == "straggler"]
+    assert flags and {e["rank"] for e in flags} == {1}, flags
+    rebalance = [e for e in events if e["kind"] == "rebalance"]
+    assert rebalance and rebalance[0]["rank"] == 1
+    shares = rebalance[0]["shares"]
+    assert shares[1] < min(shares[0], shares[2], shares[3]) and sum(shares) == 4000
+
+
+def test_no_straggler_flag_without_a_slow_rank(tmp_path: Path) -> None:
+    _, events = launch(tmp_path, "healthy", 4, 140)
+    assert not [e for e in events if e["kind"] in ("straggler", "rebalance", "evict")], events
