@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,8 +55,11 @@ def run_ftrain(nodes: int, steps: int, kill_step: int, dim: int, workdir: Path) 
 def run_torchrun(nodes: int, steps: int, kill_step: int, every: int, dim: int, workdir: Path) -> dict:
     timeline = workdir / "timeline.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    with socket.socket() as probe:  # torchrun's static rendezvous needs a concrete port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nodes),
-           "--max-restarts", "1", "--monitor-interval", "0.1", "--master-addr", "127.0.0.1", "--master-port", "0",
+           "--max-restarts", "1", "--monitor-interval", "0.1", "--master-addr", "127.0.0.1", "--master-port", str(port),
            str(REPO / "benchmarks" / "torchrun_checkpoint_job.py"), "--steps", str(steps), "--kill-step",
            str(kill_step), "--checkpoint-every", str(every), "--checkpoint", str(workdir / "ckpt.pt"),
            "--timeline", str(timeline), "--dim", str(dim)]

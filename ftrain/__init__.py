@@ -6,9 +6,16 @@
 
 The trainer-side API is imported lazily, so the agent and coordinator start without torch.
 """
+import os
 from typing import Any
 
-from ftrain.config import ConfigError
+# Set before anything imports grpc. Agents and launchers fork trainer processes while gRPC threads
+# run; gRPC's fork handlers can abort such a child between fork and exec, and no child of ours
+# uses its parent's channels, so they are off. gRPC core's INFO notices are noise for users.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from ftrain.config import ConfigError  # noqa: E402
 
 __all__ = ["init", "Session", "ConfigError", "CoordinatorUnavailable", "Unauthenticated", "JobFailed"]
 __version__ = "0.1.0"

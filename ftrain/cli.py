@@ -278,10 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core's fork notices are noise for users
-    # agents and launchers fork trainers while gRPC threads run; gRPC's fork handlers can abort the
-    # child between fork and exec, so they are off (no child of ours uses the parent's channels)
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),

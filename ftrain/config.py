@@ -58,13 +58,15 @@ class FaultSpec:
     step: int | None = None
     factor: float | None = None
     raw: str = ""
+    generation: int | None = None  # `@gen=G`: fires as the rank enters generation G, before it restores
 
     @property
     def fault_id(self) -> str:
         return self.raw or f"{self.kind}:{self.target}"
 
 
-_FAULT_RE = re.compile(r"^(?P<kind>[a-z-]+):(?P<target>\d+)(?:@step=(?P<step>\d+)|x(?P<factor>[0-9]*\.?[0-9]+))?$")
+_FAULT_RE = re.compile(
+    r"^(?P<kind>[a-z-]+):(?P<target>\d+)(?:@step=(?P<step>\d+)|@gen=(?P<gen>\d+)|x(?P<factor>[0-9]*\.?[0-9]+))?$")
 
 
 def parse_fault(spec: str) -> FaultSpec:
@@ -72,7 +74,8 @@ def parse_fault(spec: str) -> FaultSpec:
     match = _FAULT_RE.match(text)
     if not match:
         raise ConfigError(
-            f"--inject: cannot parse {spec!r}; expected KIND:TARGET@step=S (e.g. kill-node:1@step=20) "
+            f"--inject: cannot parse {spec!r}; expected KIND:TARGET@step=S (e.g. kill-node:1@step=20), "
+            f"KIND:TARGET@gen=G (during the recovery into generation G, e.g. kill-rank:2@gen=1) "
             f"or slow-rank:RxF (e.g. slow-rank:1x3.0); kinds: {', '.join(FAULT_KINDS)}"
         )
     kind = match.group("kind")
@@ -81,6 +84,13 @@ def parse_fault(spec: str) -> FaultSpec:
     target = int(match.group("target"))
     step = int(match.group("step")) if match.group("step") is not None else None
     factor = float(match.group("factor")) if match.group("factor") is not None else None
+    generation = int(match.group("gen")) if match.group("gen") is not None else None
+    if generation is not None:
+        if kind not in ("kill-rank", "kill-node"):
+            raise ConfigError(f"--inject: @gen=G is for kill-rank and kill-node; got {spec!r}")
+        if generation < 1:
+            raise ConfigError(f"--inject: @gen=G needs G >= 1 (a recovery into generation G); got {spec!r}")
+        return FaultSpec(kind=kind, target=target, generation=generation, raw=text)
     if kind == "slow-rank":
         if factor is None:
             raise ConfigError(f"--inject: slow-rank needs a factor, e.g. slow-rank:{target}x3.0; got {spec!r}")

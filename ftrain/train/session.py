@@ -378,6 +378,7 @@ class Session:
         self._group = collectives.Group(pg, self._moved.is_set)
         self.engine.configure(a.generation, a.rank, a.world_size, self._members, config.ec_k, config.ec_m)
         self._last_capture = None
+        self._inject_faults(entering_generation=a.generation)  # `@gen=G`: a failure during recovery
         if a.restore_step < 0:
             self._fresh_start()
         else:
@@ -480,9 +481,12 @@ class Session:
                 return index
         return -1
 
-    def _inject_faults(self) -> None:
+    def _inject_faults(self, entering_generation: int | None = None) -> None:
         for fault in self._faults:
-            if fault.step != self.step:
+            if entering_generation is not None:
+                if fault.generation != entering_generation:
+                    continue
+            elif fault.step != self.step or fault.generation is not None:
                 continue
             if fault.kind in ("kill-rank", "hang-rank") and fault.target == self.rank:
                 pass
