@@ -6,7 +6,8 @@ PYTHON ?= python3
 setup:
 	./scripts/setup.sh
 
-demo: setup
+demo:
+	FTRAIN_SETUP_MINIMAL=1 ./scripts/setup.sh
 	$(PYTHON) -m ftrain demo
 
 test: setup

@@ -36,9 +36,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    log(args.timeline, kind="process", attempt=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        rank=int(os.environ.get("RANK", "-1")))
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    # each restart attempt rendezvouses under its own prefix: with the plain env:// init, gloo's
+    # full-mesh connect in torch 2.13 picks up the dead attempt's addresses and times out
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"attempt{attempt}/", store), rank=rank, world_size=world)
     torch.manual_seed(0)
     data = synthetic_tokens(4096, 64, 256)
     model = nn.parallel.DistributedDataParallel(TinyLM(dim=args.dim))

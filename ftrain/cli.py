@@ -15,7 +15,9 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-nodes", type=int, default=None, help="shrink no further than this (default: --nodes)")
     parser.add_argument("--job-id", default="ftrain-job", help="job name (lowercase letters, digits, '-')")
     parser.add_argument("--mode", default="sync", help="sync | async")
-    parser.add_argument("--strategy", default="", help="async aggregation strategy (name or module:Class)")
+    parser.add_argument("--strategy", default="",
+                        help="--mode async: aggregation strategy, a name (diloco (default), fedavg, fedasync, fedbuff, "
+                             "fedstale, fedvarp, mifa) or package.module:Class")
     parser.add_argument("--snapshot-every", type=int, default=1, help="snapshot every S steps (default 1)")
     parser.add_argument("--ec", default="4+2", help="Reed-Solomon K+M per snapshot blob (capped by the node count)")
     parser.add_argument("--inject", action="append", default=[], help="fault spec, e.g. kill-node:1@step=20")
@@ -50,7 +52,29 @@ def _apply_tls(args: argparse.Namespace) -> None:
     tls_from_env()
 
 
+def _check_compress(codec: str) -> None:
+    if codec == "zstd":
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            raise ConfigError("--compress zstd needs the zstandard package: pip install 'ftrain[compress]'") from None
+
+
+def _check_strategy(args: argparse.Namespace) -> None:
+    if args.mode == "async":
+        from ftrain.aggregate.server import check_strategy_spec
+
+        try:
+            check_strategy_spec(args.strategy)
+        except ValueError as error:
+            raise ConfigError(f"--strategy: {error}") from None
+    elif args.strategy:
+        logging.getLogger("ftrain").warning("--strategy %s is ignored: it applies to --mode async only", args.strategy)
+
+
 def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings:
+    _check_compress(args.compress)
+    _check_strategy(args)
     return JobSettings(
         job_id=args.job_id, target_nodes=args.nodes, min_nodes=args.min_nodes or args.nodes,
         snapshot_every=args.snapshot_every, ec=parse_ec(args.ec), mode=args.mode, strategy=args.strategy,
@@ -99,19 +123,25 @@ def cmd_launch(args: argparse.Namespace) -> int:
     else:
         replace_timeout = max(args.replace_delay + 30.0, 60.0)
     settings = _settings(args, replace_timeout)
+    if args.local_steps is not None:  # async mode: local steps per push, inherited by agents and trainers
+        if args.local_steps < 1:
+            raise ConfigError(f"--local-steps must be >= 1; got {args.local_steps}")
+        os.environ["FTRAIN_LOCAL_STEPS"] = str(args.local_steps)
     common = dict(replace=not args.no_replace, replace_delay_s=args.replace_delay, metrics_port=args.metrics_port,
                   timeout_s=args.timeout, coordinator_port=args.coordinator_port,
                   token=os.environ.get(ENV_TOKEN) or None, agent_metrics_port_base=args.agent_metrics_port_base)
     if args.backend == "ssh":
         from ftrain.launch.ssh import launcher_from_args as ssh_launcher
 
-        launcher = ssh_launcher(args, settings, _script_command(args), hosts, **common)
+        launcher = ssh_launcher(args, settings, _script_command(args), hosts, spares=args.spares, **common)
     elif args.backend == "ray":
         from ftrain.launch.ray import launcher_from_args as ray_launcher
 
+        if args.spares:
+            raise ConfigError("--spares is for the local and ssh backends: with Ray, a lost agent's actor is restarted")
         launcher = ray_launcher(args, settings, _script_command(args), **common)
     else:
-        launcher = LocalLauncher(settings, args.nproc_per_node, _script_command(args), **common)
+        launcher = LocalLauncher(settings, args.nproc_per_node, _script_command(args), spares=args.spares, **common)
     print(f"ftrain launch: coordinator {launcher.coordinator.address}"
           + (f", metrics on port {launcher.coordinator.metrics_port}" if launcher.coordinator.metrics_port else ""),
           file=sys.stderr, flush=True)
@@ -143,6 +173,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     print(f"ftrain coordinator listening on {coordinator.address}", flush=True)
     try:
         state = coordinator.wait_done()
+        coordinator.linger()  # let every agent hear the outcome before the coordinator goes away
     except KeyboardInterrupt:
         state = "interrupted"
     coordinator.stop()
@@ -218,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--ray-cpus-per-node", type=float, default=1.0, help="ray: CPUs reserved per agent actor")
     launch.add_argument("--gpus-per-node", type=float, default=0, help="ray: GPUs requested per agent actor")
     launch.add_argument("--replace-delay", type=float, default=1.0, help="seconds before a lost node is replaced")
+    launch.add_argument("--local-steps", type=int, default=None,
+                        help="--mode async: local steps between a worker's push and pull (default 10; "
+                             "ftrain.init(local_steps=H) overrides)")
+    launch.add_argument("--spares", type=int, default=0,
+                        help="hot-spare nodes started up front; one takes a lost node's ranks at once (local backend)")
     launch.add_argument("--no-replace", action="store_true", help="shrink to the survivors instead of replacing")
     launch.add_argument("--timeout", type=float, default=None, help="fail the job after this many seconds")
     launch.add_argument("--events-file", default=None, help="write the coordinator's events here (JSON lines) at the end")

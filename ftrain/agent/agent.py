@@ -103,6 +103,8 @@ class Agent:
         self.trainer_steps: dict[int, int] = {}  # local rank -> steps done (from its metrics reports)
         self.job_state = "running"
         self.job_message = ""
+        self.slot = -1         # from heartbeats; sent again if the coordinator restarts
+        self.generation = -1
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -116,7 +118,10 @@ class Agent:
         request = pb.RegisterAgentRequest(job_id=self.job_id, node_id=self.node_id, address=self.address,
                                           nproc=self.nproc, hostname=socket.gethostname(),
                                           protocol_version=cfg.PROTOCOL_VERSION,
-                                          metrics_address=f"{self.host}:{self.metrics_port}" if self.metrics_port else "")
+                                          metrics_address=f"{self.host}:{self.metrics_port}" if self.metrics_port else "",
+                                          slot=self.slot, generation=self.generation,
+                                          held=[pb.HeldShard(blob_info=info, index=index)
+                                                for info, index in self.store.held()])
         while True:
             try:
                 response = self.stub.RegisterAgent(request, timeout=5.0, metadata=self.metadata)
@@ -156,6 +161,7 @@ class Agent:
                 except AgentError as error:
                     log.warning("re-registration failed: %s", error)
                 continue
+            self.slot, self.generation = response.slot, max(self.generation, response.generation)
             if response.min_retained_step > 0:
                 self.store.drop_older_than(response.min_retained_step)
             for command in response.commands:

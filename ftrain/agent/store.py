@@ -24,6 +24,7 @@ class StoredShard:
     step: int
     data: bytearray
     crc32: int
+    blob_info: bytes = b""  # serialized BlobInfo from the producing trainer
 
 
 class ShardStore:
@@ -34,11 +35,16 @@ class ShardStore:
         self._shards: dict[tuple[str, int], StoredShard] = {}
         self._corrupting = False  # fault injection: this node's shard memory has gone bad
 
-    def put(self, blob_id: str, index: int, step: int, data: bytearray, crc32: int) -> None:
+    def put(self, blob_id: str, index: int, step: int, data: bytearray, crc32: int, blob_info: bytes = b"") -> None:
         with self._lock:
             if self._corrupting and data:
                 data[len(data) // 2] ^= 0xFF
-            self._shards[(blob_id, index)] = StoredShard(step, data, crc32)
+            self._shards[(blob_id, index)] = StoredShard(step, data, crc32, blob_info)
+
+    def held(self) -> list[tuple[bytes, int]]:
+        """(serialized BlobInfo, shard index) of every shard held: what a restarted coordinator reads."""
+        with self._lock:
+            return [(shard.blob_info, index) for (_blob, index), shard in self._shards.items() if shard.blob_info]
 
     def get(self, blob_id: str, index: int) -> StoredShard | None:
         with self._lock:
@@ -98,7 +104,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty shard stream")
         if shard_checksum(buffer) != first.crc32:  # type: ignore[union-attr]
             context.abort(grpc.StatusCode.DATA_LOSS, f"shard {first.blob_id}#{first.index} arrived corrupted (crc mismatch)")  # type: ignore[union-attr]
-        self.store.put(first.blob_id, first.index, first.step, buffer, first.crc32)  # type: ignore[union-attr]
+        self.store.put(first.blob_id, first.index, first.step, buffer, first.crc32, first.blob_info)  # type: ignore[union-attr]
         return apb.PutShardResponse(ok=True, bytes=len(buffer))
 
     def GetShard(self, request: apb.GetShardRequest, context: grpc.ServicerContext) -> Iterator[apb.ShardChunk]:

@@ -77,3 +77,26 @@ class Catalog:
                 if count:
                     lost.append((step, record.producer_trainer, count))
         return lost
+
+    def rebuild(self, held: list[tuple[BlobRecord, int]]) -> list[int]:
+        """Rebuilds the committed steps from the shards the agents hold (after a coordinator
+        restart): a step is committed when, for one generation, every rank's blob has all of
+        its k+m shards on some agent — exactly the condition under which it was committed.
+        Returns the committed steps."""
+        shards: dict[str, set[int]] = {}
+        records: dict[str, BlobRecord] = {}
+        for record, index in held:
+            shards.setdefault(record.info.blob_id, set()).add(index)
+            records[record.info.blob_id] = record
+        groups: dict[tuple[int, int], dict[int, BlobRecord]] = {}
+        for blob_id, record in records.items():
+            if len(shards[blob_id]) == record.info.k + record.info.m:
+                groups.setdefault((record.step, record.info.generation), {})[record.producer_rank] = record
+        self._committed.clear()
+        for (step, _generation), by_rank in sorted(groups.items()):
+            world = next(iter(by_rank.values())).producer_world_size
+            if len(by_rank) == world:
+                self._committed[step] = [by_rank[r] for r in sorted(by_rank)]
+        for step in sorted(self._committed)[: -self.keep]:
+            del self._committed[step]
+        return self.committed_steps

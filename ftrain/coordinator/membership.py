@@ -77,6 +77,8 @@ class Membership:
         self.pending_since: float | None = 0.0  # the first generation is pending from the start
         self.batch_shares: list[int] = []
         self._node_counter = 0
+        self.floor = 0                  # the next generation's number is at least this
+        self.slots_restored = False     # slots came back from re-registering nodes
 
     # -- nodes -----------------------------------------------------------------------------
     def new_node_id(self) -> str:
@@ -84,17 +86,28 @@ class Membership:
             self._node_counter += 1
         return f"node{self._node_counter}"
 
-    def register_node(self, node_id: str, address: str, nproc: int, now: float) -> str:
-        """Adds (or re-adds) a node; fills a free slot if there is one, else it waits as a spare."""
+    def register_node(self, node_id: str, address: str, nproc: int, now: float, slot: int = -1) -> str:
+        """Adds (or re-adds) a node; fills a free slot if there is one, else it waits as a spare.
+
+        `slot` is the slot a re-registering node held before the coordinator restarted: it gets
+        it back (so ranks stay where they were) while no generation has formed yet."""
         node_id = node_id or self.new_node_id()
         record = self.nodes.get(node_id)
         if record is not None and record.alive:
-            record.address, record.nproc = address, nproc  # re-registration (coordinator restarted)
+            record.address, record.nproc = address, nproc
             return node_id
         record = NodeRecord(node_id=node_id, address=address, nproc=nproc)
         self.nodes[node_id] = record
+        if self.formed is None and 0 <= slot < self.target_nodes and self.slots[slot] is None:
+            self.slots[slot], record.slot = node_id, slot
+            self.slots_restored = True
         self._fill_free_slots(now)
         return node_id
+
+    def observe_generation(self, generation: int) -> None:
+        """A trainer or agent has seen `generation` (from before a coordinator restart): the next
+        generation formed must be newer, or trainers would wait for it forever."""
+        self.floor = max(self.floor, generation + 1)
 
     def node_dead(self, node_id: str, now: float) -> bool:
         """Marks a node dead; frees its slot. Returns True if membership changed."""
@@ -168,7 +181,7 @@ class Membership:
             return None
         if any((node.node_id, lr) not in self.waiting for node in live for lr in range(node.nproc)):
             return None
-        if self.formed is None:
+        if self.formed is None and not self.slots_restored:
             # the first generation deals ranks in node-id order, so reruns of a job get the same ranks
             live.sort(key=lambda node: _natural_key(node.node_id))
             for index, node in enumerate(live):
@@ -178,7 +191,7 @@ class Membership:
             for local_rank in range(node.nproc):
                 uid = self.waiting[(node.node_id, local_rank)]
                 ranks.append(RankAssignment(len(ranks), node.node_id, local_rank, uid))
-        self.number = max(self.number, 0 if self.formed is None else self.formed.number + 1)
+        self.number = max(self.number, self.floor, 0 if self.formed is None else self.formed.number + 1)
         shares = self.batch_shares if len(self.batch_shares) == len(ranks) else []
         self.formed = Generation(self.number, ranks, now, list(shares))
         self.pending_since = None

@@ -78,7 +78,9 @@ class CoordinatorState:
                                                  dead_after_s=settings.heartbeat_dead_after_s))
         self.times_flagged: collections.Counter[int] = collections.Counter()
         self.pulses: dict[int, tuple[float, bool]] = {}  # rank -> (last pulse, waiting in a collective)
+        self.held_shards: dict[tuple[str, int], BlobRecord] = {}  # reported by re-registering agents
         self.metrics_endpoints: dict[str, str] = {}  # node -> its agent's /metrics host:port
+        self.aggregator: Any = None  # async mode: ftrain.aggregate.server.AggregatorService on this server
         self._last_commit: tuple[int, int, float] | None = None  # (generation, step, time): step duration
 
     # -- events ----------------------------------------------------------------------------
@@ -127,6 +129,20 @@ class CoordinatorState:
             self.respond_to_straggler(flag)
         for r, score in self.straggler.scores().items():
             self.metrics.straggler_score.labels(rank=str(r)).set(score)
+
+    def ingest_held_shards(self, node_id: str, held: Any) -> None:
+        """After a coordinator restart: rebuilds the snapshot catalog from what the agents hold."""
+        for shard in held:
+            info = pb.BlobInfo.FromString(shard.blob_info)
+            record = BlobRecord(step=info.step, producer_rank=info.producer_rank,
+                                producer_world_size=info.producer_world_size, producer_trainer=info.producer_trainer,
+                                producer_node=info.producer_node, shard_nodes=tuple(x.node_id for x in info.shards),
+                                info=info)
+            self.held_shards[(info.blob_id, shard.index)] = record
+        steps = self.catalog.rebuild([(record, index) for (_blob, index), record in self.held_shards.items()])
+        if steps:
+            self.metrics.step.set(steps[-1])
+        self.event("catalog-rebuilt", f"node {node_id} reported {len(held)} shard(s); committed steps now {steps}")
 
     def respond_to_straggler(self, flag: StragglerFlag) -> None:
         """The response ladder (report -> rebalance -> evict), as the job's policy says."""
@@ -309,6 +325,7 @@ class CoordinatorState:
                 "members": members,
                 "events": list(self.events)[-20:],
                 "uptime_s": round(self.clock() - self.started_at, 1),
+                "aggregator": self.aggregator.summary() if self.aggregator is not None else None,
             }
 
 
@@ -333,9 +350,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if request.nproc < 1:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nproc must be >= 1")
         with s.cond:
-            node_id = s.membership.register_node(request.node_id, request.address, request.nproc, s.clock())
+            node_id = s.membership.register_node(request.node_id, request.address, request.nproc, s.clock(),
+                                                 slot=request.slot if request.held or request.generation >= 0 else -1)
             s.last_seen[node_id] = s.clock()
             s.metrics_endpoints[node_id] = request.metrics_address
+            if request.generation >= 0:
+                s.membership.observe_generation(request.generation)
+            if request.held and s.plan is None:
+                s.ingest_held_shards(node_id, request.held)
             s.event("node-joined", f"node {node_id} ({request.hostname or request.address}) registered with "
                                    f"{request.nproc} trainer(s)", node=node_id)
             s.try_form()
@@ -355,7 +377,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             s.trainers[request.node_id] = list(request.trainers)
             commands = s.commands.pop(request.node_id, [])
             return pb.HeartbeatResponse(job_state=s.job_state, min_retained_step=s.catalog.min_retained_step(),
-                                        commands=commands, message=s.message, known=True)
+                                        commands=commands, message=s.message, known=True,
+                                        slot=-1 if node.slot is None else node.slot,
+                                        generation=s.plan.generation.number if s.plan else -1)
 
     def ReportTrainerExit(self, request: pb.TrainerExit, context: grpc.ServicerContext) -> pb.Ack:
         s = self.s
@@ -377,6 +401,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         s = self.s
         deadline = time.monotonic() + min(max(request.wait_s, 0.1), 60.0)
         with s.cond:
+            s.membership.observe_generation(request.known_generation)
             s.membership.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
             s.try_form()
             while True:
@@ -571,7 +596,12 @@ class Coordinator:
         self.server = make_server(token)
         self.servicer = CoordinatorServicer(self.state, token)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(self.servicer, self.server)
-        add_health_and_reflection(self.server, [pb.DESCRIPTOR.services_by_name["Coordinator"].full_name])
+        services = [pb.DESCRIPTOR.services_by_name["Coordinator"].full_name]
+        if settings.mode == "async":  # the aggregator shares this server, port and token check
+            from ftrain.aggregate.server import SERVICE_NAME, host_on_coordinator
+            host_on_coordinator(self.server, self.state, token)
+            services.append(SERVICE_NAME)
+        add_health_and_reflection(self.server, services)
         self.port = bind(self.server, host, port)
         self.metrics_port = self.metrics.serve(metrics_port, addr=host) if metrics_port is not None else None
         self._stop = threading.Event()
@@ -602,6 +632,18 @@ class Coordinator:
                     break
                 self.state.cond.wait(0.5)
             return self.state.job_state
+
+    def linger(self, timeout_s: float = 15.0) -> None:
+        """After the job ended, keeps serving until every live agent has heartbeated once more
+        (so it learns the outcome and exits cleanly), at most `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        ended = self.state.clock()
+        with self.state.cond:
+            while time.monotonic() < deadline:
+                live = [n.node_id for n in self.state.membership.nodes.values() if n.alive]
+                if all(self.state.last_seen.get(node, 0.0) > ended for node in live):
+                    return
+                self.state.cond.wait(0.2)
 
     def stop(self, grace: float = 1.0) -> None:
         self._stop.set()

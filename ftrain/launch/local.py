@@ -35,8 +35,10 @@ class LocalLauncher:
                  replace_delay_s: float = 1.0, metrics_port: int | None = None, coordinator_port: int = 0,
                  host: str = "127.0.0.1", token: str | None = None, agent_output: Any = None,
                  extra_env: dict[str, str] | None = None, timeout_s: float | None = None,
-                 agent_metrics_port_base: int | None = None) -> None:
+                 agent_metrics_port_base: int | None = None, spares: int = 0) -> None:
         settings.validate()
+        if spares < 0:
+            raise ValueError(f"--spares must be >= 0; got {spares}")
         if nproc_per_node < 1:
             raise ValueError(f"--nproc-per-node must be >= 1; got {nproc_per_node}")
         if not command:
@@ -51,6 +53,7 @@ class LocalLauncher:
         self.agent_output = agent_output  # a file for agents' and trainers' output (default: inherit)
         self.extra_env = dict(extra_env or {})
         self.timeout_s = timeout_s
+        self.spares = spares  # hot spares: agents (and trainers) started up front that take a lost node's slot at once
         # agent metrics: node i (spawn order, replacements continue the count) serves on base + i; with no
         # base but a coordinator --metrics-port, each agent takes a free port (listed by `ftrain status`)
         self.agent_metrics_port_base = agent_metrics_port_base
@@ -86,7 +89,7 @@ class LocalLauncher:
         self.coordinator.start()
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         try:
-            for _ in range(self.settings.target_nodes):
+            for _ in range(self.settings.target_nodes + self.spares):
                 self._spawn_agent()
             while True:
                 state = self.coordinator.wait_done(timeout=0.2)

@@ -22,6 +22,7 @@ import torch
 
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.rpc import describe_rpc_error
+from ftrain.snapshot import compress
 from ftrain.snapshot import layout as lay
 from ftrain.snapshot.erasure import NotEnoughShardsError, ReedSolomon, join_blob, shard_checksum, shard_length
 from ftrain.snapshot.placement import effective_code, place_blobs
@@ -81,6 +82,7 @@ class SnapshotEngine:
         self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ftrain-shard")
         self.encoded_bytes = 0
+        self.compression = "none"  # per job (`--compress`); set from the generation's config
         self.last_duration_s = 0.0
 
     def codec(self, k: int, m: int) -> ReedSolomon:
@@ -182,8 +184,15 @@ class SnapshotEngine:
         blob = job.blob
         assert placement is not None and self.agents is not None and self.report is not None
         k, m = max(placement.k, 1), placement.m
-        length = len(blob.buffer) // k
-        data = blob.buffer.reshape(k, length)
+        if self.compression == "zstd":
+            packed = compress.compress(blob.buffer[:blob.size])
+            length = shard_length(len(packed), k)
+            coded = np.zeros(k * length, dtype=np.uint8)
+            coded[:len(packed)] = packed
+            coded_size = len(packed)
+        else:
+            coded, coded_size, length = blob.buffer, blob.size, len(blob.buffer) // k
+        data = coded.reshape(k, length)
         shards = [data[i] for i in range(k)]
         if m:
             if self._parity.shape != (m, length):
@@ -192,17 +201,21 @@ class SnapshotEngine:
             shards += [self._parity[i] for i in range(m)]
             self.encoded_bytes += len(blob.buffer)
         crcs = list(self._pool.map(shard_checksum, shards))
-        futures = [self._pool.submit(self.agents.put_shard, address, blob.blob_id, i, blob.step, shards[i], crcs[i])
-                   for i, (_node, address) in enumerate(placement.targets)]
-        for future in futures:
-            future.result()
         info = pb.BlobInfo(
             blob_id=blob.blob_id, step=blob.step, producer_rank=placement.rank,
             producer_world_size=placement.world_size, producer_trainer=self.trainer_uid, producer_node=self.node_id,
-            size=blob.size, k=k, m=m, shard_len=length, crc32=shard_checksum(blob.buffer[:blob.size]),
+            size=coded_size, k=k, m=m, shard_len=length, crc32=shard_checksum(blob.buffer[:blob.size]),
+            compression="" if self.compression == "none" else self.compression, raw_size=blob.size,
             shards=[pb.ShardLocation(index=i, node_id=node, address=address, crc32=crcs[i])
                     for i, (node, address) in enumerate(placement.targets)],
+            generation=blob.generation,
         )
+        info_bytes = info.SerializeToString()  # agents keep it: a restarted coordinator rebuilds its catalog
+        futures = [self._pool.submit(self.agents.put_shard, address, blob.blob_id, i, blob.step, shards[i], crcs[i],
+                                     info_bytes)
+                   for i, (_node, address) in enumerate(placement.targets)]
+        for future in futures:
+            future.result()
         ack = self.report(pb.SnapshotReport(trainer_uid=self.trainer_uid, generation=blob.generation,
                                             rank=placement.rank, step=blob.step, blob=info,
                                             snapshot_duration_s=time.monotonic() - job.started))
@@ -240,6 +253,8 @@ class SnapshotEngine:
         except NotEnoughShardsError as error:
             raise SnapshotLost(str(error)) from error
         blob = join_blob(np.ascontiguousarray(rows), info.size)
+        if info.compression:
+            blob = compress.decompress(blob, info.raw_size)
         if shard_checksum(blob) != info.crc32:
             raise SnapshotLost(f"blob {info.blob_id} decoded with a wrong checksum")
         return blob

@@ -33,7 +33,7 @@ class AgentPool:
             return self._stubs[address][1]
 
     def put_shard(self, address: str, blob_id: str, index: int, step: int, data: np.ndarray, crc32: int,
-                  timeout: float = 60.0) -> None:
+                  blob_info: bytes = b"", timeout: float = 60.0) -> None:
         view = memoryview(np.ascontiguousarray(data)).cast("B")
         total = len(view)
 
@@ -42,7 +42,8 @@ class AgentPool:
             while True:
                 piece = view[offset:offset + CHUNK_BYTES]
                 yield apb.ShardChunk(job_id=self.job_id, blob_id=blob_id, index=index, step=step, offset=offset,
-                                     total_len=total, crc32=crc32 if offset == 0 else 0, data=bytes(piece))
+                                     total_len=total, crc32=crc32 if offset == 0 else 0, data=bytes(piece),
+                                     blob_info=blob_info if offset == 0 else b"")
                 offset += len(piece)
                 if offset >= total:
                     return

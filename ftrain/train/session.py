@@ -81,7 +81,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class Session:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Any = None,
                  batch_size: int = 32, seed: int = 0, *, collate_fn: Callable | None = None, shuffle: bool = True,
-                 snapshot_every: int | None = None, connect_timeout_s: float | None = None) -> None:
+                 snapshot_every: int | None = None, connect_timeout_s: float | None = None,
+                 local_steps: int | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"ftrain.init: model must be a torch.nn.Module; got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -97,6 +98,8 @@ class Session:
         self.rank, self.world_size, self.generation, self.step = 0, 1, -1, 0
         self.batch_shares: list[int] = []
         self._snapshot_every_override = snapshot_every
+        self.local_steps = local_steps  # async mode: local steps per push (None: FTRAIN_LOCAL_STEPS, else 10)
+        self._async: Any = None  # the AsyncWorker while the job runs --mode async
         self.snapshot_every = snapshot_every or 1
         self._group: Any = None
         self._sync = collectives.GradientSynchronizer(list(model.parameters()))
@@ -131,6 +134,7 @@ class Session:
             self.reporter = metrics.TrainerReporter(os.environ.get("FTRAIN_AGENT_ADDRESS", ""), self.env.token,
                                                     self.env.job_id, self.env.local_rank)
         self._store: Any = None
+        self._store_address = ""
         self._members: list[pb.Member] = []
 
     # -- public API --------------------------------------------------------------------------
@@ -144,6 +148,8 @@ class Session:
 
     def global_batch_indices(self) -> list[list[int]]:
         """Dataset indices of every rank's part of the current step's global batch."""
+        if self._async is not None:
+            return self._async.global_batch_indices()
         assert self.sampler is not None
         return self.sampler.global_indices(self.world_size, self.batch_shares or None)
 
@@ -154,7 +160,12 @@ class Session:
             yield from self._local_steps(total_steps)
             return
         self._start_pulse()
-        self._recover(first=True)
+        first = self.client.join(self.trainer_uid, self.generation)
+        if first.status == "ok" and first.config.mode == "async":  # no process group: push/pull every H steps
+            from ftrain.train.async_worker import AsyncWorker
+            yield from AsyncWorker(self, self.local_steps).run(total_steps, first)
+            return
+        self._recover(first=True, pending=first)
         while True:
             try:
                 if self.step >= total_steps:
@@ -237,7 +248,7 @@ class Session:
             time.sleep((time.perf_counter() - self._compute_start) * (self._slow_factor - 1.0))
         self._compute_s += time.perf_counter() - self._compute_start
         self._compute_n += 1
-        if self.env is None and self.world_size == 1:
+        if (self.env is None and self.world_size == 1) or self._async is not None:
             return self._inner.step(closure)
         try:
             self._sync.allreduce(self._group, self._local_weight, self._total_weight)
@@ -339,16 +350,19 @@ class Session:
         except Exception as error:  # the coordinator finds the failure by itself too
             log.warning("could not report the failure: %s", error)
 
-    def _recover(self, first: bool) -> None:
+    def _recover(self, first: bool, pending: pb.GenerationAssignment | None = None) -> None:
         if not first:
             self.stats["recoveries"] += 1
         while True:
             self._group = None
             self._sync.drop_buffers()
             self.engine.wait_previous()
-            assignment = self.client.join(self.trainer_uid, self.generation)
+            assignment, pending = pending or self.client.join(self.trainer_uid, self.generation), None
             if assignment.status == "complete":
-                raise JobFailed("the job completed without this trainer")
+                # a spare that was never needed (or a trainer replaced meanwhile): it must not run the
+                # user's code after the loop (it has no rank), so it leaves quietly
+                log.info("the job completed without this trainer (a spare); exiting")
+                raise SystemExit(0)
             try:
                 self._enter_generation(assignment)
                 return
@@ -370,13 +384,15 @@ class Session:
                                 default=1.0)
         self._moved.clear()
         self._start_watcher(a.generation)
-        if self._store is None:
+        if self._store is None or self._store_address != a.store_address:  # a restarted coordinator has a new store
             self._store = collectives.connect_store(a.store_address, max(30.0, config.collective_timeout_s))
+            self._store_address = a.store_address
         bind_host = os.environ.get("FTRAIN_BIND_HOST", "127.0.0.1")
         pg = collectives.build_group(self._store, self.env.job_id, a.generation, a.rank, a.world_size,
                                      config.collective_timeout_s or 30.0, bind_host, self.use_cuda)
         self._group = collectives.Group(pg, self._moved.is_set)
         self.engine.configure(a.generation, a.rank, a.world_size, self._members, config.ec_k, config.ec_m)
+        self.engine.compression = config.compress or "none"
         self._last_capture = None
         self._inject_faults(entering_generation=a.generation)  # `@gen=G`: a failure during recovery
         if a.restore_step < 0:
@@ -410,7 +426,7 @@ class Session:
                     data = self.engine.fetch(info)
                 tensor = torch.from_numpy(np.ascontiguousarray(data))
             else:
-                tensor = torch.empty(info.size, dtype=torch.uint8)
+                tensor = torch.empty(info.raw_size or info.size, dtype=torch.uint8)
             self._group.broadcast(tensor, info.source_rank, f"restore of {info.blob_id}")
             blobs[info.producer_rank] = lay.read_blob(tensor.numpy())
         if not blobs:

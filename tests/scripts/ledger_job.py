@@ -5,6 +5,7 @@ checks that the batch it was handed is exactly its part of the global batch.
 """
 import argparse
 import collections
+import time
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep per step (slows the job)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -47,6 +49,8 @@ def main() -> None:
         assert ids.tolist() == parts[session.rank], (ids.tolist(), parts[session.rank])
         loss = nn.functional.cross_entropy(session.model(features), labels)
         loss.backward()
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
         session.optimizer.step()
         session.optimizer.zero_grad()
         epoch = session.sampler.epoch

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66train/v1/agent.proto\x12\tftrain.v1\"\x8a\x01\n\nShardChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62lob_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x11\n\ttotal_len\x18\x06 \x01(\x04\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\">\n\x10PutShardResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x0f\n\x07message\x18\x03 \x01(\t\"A\n\x0fGetShardRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62lob_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\".\n\x0e\x43orruptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\"$\n\x0f\x43orruptResponse\x12\x11\n\tcorrupted\x18\x01 \x03(\t\"\r\n\x0bPingRequest\"Y\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x13\n\x0bshard_count\x18\x03 \x01(\x04\x12\x13\n\x0bshard_bytes\x18\x04 \x01(\x04\"\x85\x02\n\x0eTrainerMetrics\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nlocal_rank\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ommitted_step\x18\x07 \x01(\x03\x12\x17\n\x0fstep_duration_s\x18\x08 \x03(\x01\x12\x0f\n\x07stall_s\x18\t \x03(\x01\x12\x1b\n\x13snapshot_duration_s\x18\n \x03(\x01\x12\x16\n\x0esnapshot_bytes\x18\x0b \x01(\x04\x12\x14\n\x0c\x65ncode_bytes\x18\x0c \x01(\x04\"\x1f\n\x11TrainerMetricsAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x32\xdc\x02\n\x05\x41gent\x12@\n\x08PutShard\x12\x15.ftrain.v1.ShardChunk\x1a\x1b.ftrain.v1.PutShardResponse(\x01\x12?\n\x08GetShard\x12\x1a.ftrain.v1.GetShardRequest\x1a\x15.ftrain.v1.ShardChunk0\x01\x12\x37\n\x04Ping\x12\x16.ftrain.v1.PingRequest\x1a\x17.ftrain.v1.PingResponse\x12\x46\n\rCorruptShards\x12\x19.ftrain.v1.CorruptRequest\x1a\x1a.ftrain.v1.CorruptResponse\x12O\n\x14ReportTrainerMetrics\x12\x19.ftrain.v1.TrainerMetrics\x1a\x1c.ftrain.v1.TrainerMetricsAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66train/v1/agent.proto\x12\tftrain.v1\"\x9d\x01\n\nShardChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62lob_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x11\n\ttotal_len\x18\x06 \x01(\x04\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x11\n\tblob_info\x18\t \x01(\x0c\">\n\x10PutShardResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x0f\n\x07message\x18\x03 \x01(\t\"A\n\x0fGetShardRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62lob_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\".\n\x0e\x43orruptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\"$\n\x0f\x43orruptResponse\x12\x11\n\tcorrupted\x18\x01 \x03(\t\"\r\n\x0bPingRequest\"Y\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x13\n\x0bshard_count\x18\x03 \x01(\x04\x12\x13\n\x0bshard_bytes\x18\x04 \x01(\x04\"\x85\x02\n\x0eTrainerMetrics\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nlocal_rank\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ommitted_step\x18\x07 \x01(\x03\x12\x17\n\x0fstep_duration_s\x18\x08 \x03(\x01\x12\x0f\n\x07stall_s\x18\t \x03(\x01\x12\x1b\n\x13snapshot_duration_s\x18\n \x03(\x01\x12\x16\n\x0esnapshot_bytes\x18\x0b \x01(\x04\x12\x14\n\x0c\x65ncode_bytes\x18\x0c \x01(\x04\"\x1f\n\x11TrainerMetricsAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x32\xdc\x02\n\x05\x41gent\x12@\n\x08PutShard\x12\x15.ftrain.v1.ShardChunk\x1a\x1b.ftrain.v1.PutShardResponse(\x01\x12?\n\x08GetShard\x12\x1a.ftrain.v1.GetShardRequest\x1a\x15.ftrain.v1.ShardChunk0\x01\x12\x37\n\x04Ping\x12\x16.ftrain.v1.PingRequest\x1a\x17.ftrain.v1.PingResponse\x12\x46\n\rCorruptShards\x12\x19.ftrain.v1.CorruptRequest\x1a\x1a.ftrain.v1.CorruptResponse\x12O\n\x14ReportTrainerMetrics\x12\x19.ftrain.v1.TrainerMetrics\x1a\x1c.ftrain.v1.TrainerMetricsAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,23 +32,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ftrain.v1.agent_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SHARDCHUNK']._serialized_start=37
-  _globals['_SHARDCHUNK']._serialized_end=175
-  _globals['_PUTSHARDRESPONSE']._serialized_start=177
-  _globals['_PUTSHARDRESPONSE']._serialized_end=239
-  _globals['_GETSHARDREQUEST']._serialized_start=241
-  _globals['_GETSHARDREQUEST']._serialized_end=306
-  _globals['_CORRUPTREQUEST']._serialized_start=308
-  _globals['_CORRUPTREQUEST']._serialized_end=354
-  _globals['_CORRUPTRESPONSE']._serialized_start=356
-  _globals['_CORRUPTRESPONSE']._serialized_end=392
-  _globals['_PINGREQUEST']._serialized_start=394
-  _globals['_PINGREQUEST']._serialized_end=407
-  _globals['_PINGRESPONSE']._serialized_start=409
-  _globals['_PINGRESPONSE']._serialized_end=498
-  _globals['_TRAINERMETRICS']._serialized_start=501
-  _globals['_TRAINERMETRICS']._serialized_end=762
-  _globals['_TRAINERMETRICSACK']._serialized_start=764
-  _globals['_TRAINERMETRICSACK']._serialized_end=795
-  _globals['_AGENT']._serialized_start=798
-  _globals['_AGENT']._serialized_end=1146
+  _globals['_SHARDCHUNK']._serialized_end=194
+  _globals['_PUTSHARDRESPONSE']._serialized_start=196
+  _globals['_PUTSHARDRESPONSE']._serialized_end=258
+  _globals['_GETSHARDREQUEST']._serialized_start=260
+  _globals['_GETSHARDREQUEST']._serialized_end=325
+  _globals['_CORRUPTREQUEST']._serialized_start=327
+  _globals['_CORRUPTREQUEST']._serialized_end=373
+  _globals['_CORRUPTRESPONSE']._serialized_start=375
+  _globals['_CORRUPTRESPONSE']._serialized_end=411
+  _globals['_PINGREQUEST']._serialized_start=413
+  _globals['_PINGREQUEST']._serialized_end=426
+  _globals['_PINGRESPONSE']._serialized_start=428
+  _globals['_PINGRESPONSE']._serialized_end=517
+  _globals['_TRAINERMETRICS']._serialized_start=520
+  _globals['_TRAINERMETRICS']._serialized_end=781
+  _globals['_TRAINERMETRICSACK']._serialized_start=783
+  _globals['_TRAINERMETRICSACK']._serialized_end=814
+  _globals['_AGENT']._serialized_start=817
+  _globals['_AGENT']._serialized_end=1165
 # @@protoc_insertion_point(module_scope)

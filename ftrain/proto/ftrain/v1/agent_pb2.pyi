@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ShardChunk(_message.Message):
-    __slots__ = ("job_id", "blob_id", "index", "step", "offset", "total_len", "crc32", "data")
+    __slots__ = ("job_id", "blob_id", "index", "step", "offset", "total_len", "crc32", "data", "blob_info")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ShardChunk(_message.Message):
     TOTAL_LEN_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    BLOB_INFO_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     blob_id: str
     index: int
@@ -24,7 +25,8 @@ class ShardChunk(_message.Message):
     total_len: int
     crc32: int
     data: bytes
-    def __init__(self, job_id: _Optional[str] = ..., blob_id: _Optional[str] = ..., index: _Optional[int] = ..., step: _Optional[int] = ..., offset: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    blob_info: bytes
+    def __init__(self, job_id: _Optional[str] = ..., blob_id: _Optional[str] = ..., index: _Optional[int] = ..., step: _Optional[int] = ..., offset: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., data: _Optional[bytes] = ..., blob_info: _Optional[bytes] = ...) -> None: ...
 
 class PutShardResponse(_message.Message):
     __slots__ = ("ok", "bytes", "message")

@@ -29,7 +29,7 @@ class TrainerInfo(_message.Message):
     def __init__(self, local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version", "metrics_address")
+    __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version", "metrics_address", "slot", "generation", "held")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,9 @@ class RegisterAgentRequest(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     address: str
@@ -44,7 +47,18 @@ class RegisterAgentRequest(_message.Message):
     hostname: str
     protocol_version: int
     metrics_address: str
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., nproc: _Optional[int] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    slot: int
+    generation: int
+    held: _containers.RepeatedCompositeFieldContainer[HeldShard]
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., nproc: _Optional[int] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ..., metrics_address: _Optional[str] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., held: _Optional[_Iterable[_Union[HeldShard, _Mapping]]] = ...) -> None: ...
+
+class HeldShard(_message.Message):
+    __slots__ = ("blob_info", "index")
+    BLOB_INFO_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    blob_info: bytes
+    index: int
+    def __init__(self, blob_info: _Optional[bytes] = ..., index: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("node_id", "config")
@@ -65,18 +79,22 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known")
+    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation")
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     MIN_RETAINED_STEP_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     job_state: str
     min_retained_step: int
     commands: _containers.RepeatedScalarFieldContainer[str]
     message: str
     known: bool
-    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ...) -> None: ...
+    slot: int
+    generation: int
+    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class TrainerExit(_message.Message):
     __slots__ = ("node_id", "local_rank", "pid", "exit_code", "will_restart")
@@ -145,7 +163,7 @@ class ShardLocation(_message.Message):
     def __init__(self, index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class BlobInfo(_message.Message):
-    __slots__ = ("blob_id", "step", "producer_rank", "producer_world_size", "producer_trainer", "producer_node", "size", "k", "m", "shard_len", "shards", "crc32", "source_rank", "source_holds_local")
+    __slots__ = ("blob_id", "step", "producer_rank", "producer_world_size", "producer_trainer", "producer_node", "size", "k", "m", "shard_len", "shards", "crc32", "source_rank", "source_holds_local", "generation", "compression", "raw_size")
     BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +178,9 @@ class BlobInfo(_message.Message):
     CRC32_FIELD_NUMBER: _ClassVar[int]
     SOURCE_RANK_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HOLDS_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    RAW_SIZE_FIELD_NUMBER: _ClassVar[int]
     blob_id: str
     step: int
     producer_rank: int
@@ -174,7 +195,10 @@ class BlobInfo(_message.Message):
     crc32: int
     source_rank: int
     source_holds_local: bool
-    def __init__(self, blob_id: _Optional[str] = ..., step: _Optional[int] = ..., producer_rank: _Optional[int] = ..., producer_world_size: _Optional[int] = ..., producer_trainer: _Optional[str] = ..., producer_node: _Optional[str] = ..., size: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., shard_len: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardLocation, _Mapping]]] = ..., crc32: _Optional[int] = ..., source_rank: _Optional[int] = ..., source_holds_local: _Optional[bool] = ...) -> None: ...
+    generation: int
+    compression: str
+    raw_size: int
+    def __init__(self, blob_id: _Optional[str] = ..., step: _Optional[int] = ..., producer_rank: _Optional[int] = ..., producer_world_size: _Optional[int] = ..., producer_trainer: _Optional[str] = ..., producer_node: _Optional[str] = ..., size: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., shard_len: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardLocation, _Mapping]]] = ..., crc32: _Optional[int] = ..., source_rank: _Optional[int] = ..., source_holds_local: _Optional[bool] = ..., generation: _Optional[int] = ..., compression: _Optional[str] = ..., raw_size: _Optional[int] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("node_id", "address", "first_rank", "nproc")
@@ -341,6 +365,154 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class AggregatorHello(_message.Message):
+    __slots__ = ("worker_id", "rank", "world_size", "generation", "total_steps", "model_numel", "known_version", "known_incarnation")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NUMEL_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    rank: int
+    world_size: int
+    generation: int
+    total_steps: int
+    model_numel: int
+    known_version: int
+    known_incarnation: str
+    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., generation: _Optional[int] = ..., total_steps: _Optional[int] = ..., model_numel: _Optional[int] = ..., known_version: _Optional[int] = ..., known_incarnation: _Optional[str] = ...) -> None: ...
+
+class AggregatorWelcome(_message.Message):
+    __slots__ = ("status", "message", "incarnation", "version", "done", "synchronous", "strategy", "resume_step", "resume_json", "resume_world_size", "budget", "steps_accepted")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    SYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    RESUME_STEP_FIELD_NUMBER: _ClassVar[int]
+    RESUME_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESUME_WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    STEPS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    message: str
+    incarnation: str
+    version: int
+    done: bool
+    synchronous: bool
+    strategy: str
+    resume_step: int
+    resume_json: str
+    resume_world_size: int
+    budget: int
+    steps_accepted: int
+    def __init__(self, status: _Optional[str] = ..., message: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., done: _Optional[bool] = ..., synchronous: _Optional[bool] = ..., strategy: _Optional[str] = ..., resume_step: _Optional[int] = ..., resume_json: _Optional[str] = ..., resume_world_size: _Optional[int] = ..., budget: _Optional[int] = ..., steps_accepted: _Optional[int] = ...) -> None: ...
+
+class UpdateChunk(_message.Message):
+    __slots__ = ("incarnation", "worker_id", "rank", "generation", "base_version", "num_samples", "local_steps", "step", "resume_json", "world_size", "init", "compute_time_s", "offset", "total_len", "crc32", "data")
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RESUME_JSON_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LEN_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    incarnation: str
+    worker_id: str
+    rank: int
+    generation: int
+    base_version: int
+    num_samples: int
+    local_steps: int
+    step: int
+    resume_json: str
+    world_size: int
+    init: bool
+    compute_time_s: float
+    offset: int
+    total_len: int
+    crc32: int
+    data: bytes
+    def __init__(self, incarnation: _Optional[str] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., base_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., local_steps: _Optional[int] = ..., step: _Optional[int] = ..., resume_json: _Optional[str] = ..., world_size: _Optional[int] = ..., init: _Optional[bool] = ..., compute_time_s: _Optional[float] = ..., offset: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PushReply(_message.Message):
+    __slots__ = ("status", "message", "incarnation", "version", "staleness", "hold", "done")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    message: str
+    incarnation: str
+    version: int
+    staleness: int
+    hold: bool
+    done: bool
+    def __init__(self, status: _Optional[str] = ..., message: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., staleness: _Optional[int] = ..., hold: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("worker_id", "have_version", "min_version", "wait_s", "incarnation")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    have_version: int
+    min_version: int
+    wait_s: float
+    incarnation: str
+    def __init__(self, worker_id: _Optional[str] = ..., have_version: _Optional[int] = ..., min_version: _Optional[int] = ..., wait_s: _Optional[float] = ..., incarnation: _Optional[str] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("status", "incarnation", "version", "done", "offset", "total_len", "crc32", "data")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LEN_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    incarnation: str
+    version: int
+    done: bool
+    offset: int
+    total_len: int
+    crc32: int
+    data: bytes
+    def __init__(self, status: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., done: _Optional[bool] = ..., offset: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AggregatorStatusRequest(_message.Message):
+    __slots__ = ("include_records",)
+    INCLUDE_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    include_records: bool
+    def __init__(self, include_records: _Optional[bool] = ...) -> None: ...
+
+class AggregatorStatusResponse(_message.Message):
     __slots__ = ("json",)
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str

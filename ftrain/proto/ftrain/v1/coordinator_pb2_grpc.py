@@ -568,3 +568,204 @@ class Coordinator:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AggregatorStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Hello = channel.unary_unary(
+                '/ftrain.v1.Aggregator/Hello',
+                request_serializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorHello.SerializeToString,
+                response_deserializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorWelcome.FromString,
+                _registered_method=True)
+        self.Push = channel.stream_unary(
+                '/ftrain.v1.Aggregator/Push',
+                request_serializer=ftrain_dot_v1_dot_coordinator__pb2.UpdateChunk.SerializeToString,
+                response_deserializer=ftrain_dot_v1_dot_coordinator__pb2.PushReply.FromString,
+                _registered_method=True)
+        self.Pull = channel.unary_stream(
+                '/ftrain.v1.Aggregator/Pull',
+                request_serializer=ftrain_dot_v1_dot_coordinator__pb2.PullRequest.SerializeToString,
+                response_deserializer=ftrain_dot_v1_dot_coordinator__pb2.ModelChunk.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/ftrain.v1.Aggregator/Status',
+                request_serializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorStatusRequest.SerializeToString,
+                response_deserializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorStatusResponse.FromString,
+                _registered_method=True)
+
+
+class AggregatorServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Hello(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Push(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pull(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AggregatorServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Hello': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hello,
+                    request_deserializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorHello.FromString,
+                    response_serializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorWelcome.SerializeToString,
+            ),
+            'Push': grpc.stream_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=ftrain_dot_v1_dot_coordinator__pb2.UpdateChunk.FromString,
+                    response_serializer=ftrain_dot_v1_dot_coordinator__pb2.PushReply.SerializeToString,
+            ),
+            'Pull': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=ftrain_dot_v1_dot_coordinator__pb2.PullRequest.FromString,
+                    response_serializer=ftrain_dot_v1_dot_coordinator__pb2.ModelChunk.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorStatusRequest.FromString,
+                    response_serializer=ftrain_dot_v1_dot_coordinator__pb2.AggregatorStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ftrain.v1.Aggregator', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ftrain.v1.Aggregator', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Aggregator:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Hello(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ftrain.v1.Aggregator/Hello',
+            ftrain_dot_v1_dot_coordinator__pb2.AggregatorHello.SerializeToString,
+            ftrain_dot_v1_dot_coordinator__pb2.AggregatorWelcome.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/ftrain.v1.Aggregator/Push',
+            ftrain_dot_v1_dot_coordinator__pb2.UpdateChunk.SerializeToString,
+            ftrain_dot_v1_dot_coordinator__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ftrain.v1.Aggregator/Pull',
+            ftrain_dot_v1_dot_coordinator__pb2.PullRequest.SerializeToString,
+            ftrain_dot_v1_dot_coordinator__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ftrain.v1.Aggregator/Status',
+            ftrain_dot_v1_dot_coordinator__pb2.AggregatorStatusRequest.SerializeToString,
+            ftrain_dot_v1_dot_coordinator__pb2.AggregatorStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
