@@ -141,3 +141,29 @@ def test_agent_refuses_shards_of_another_job_and_oversized_chunks() -> None:
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "overruns" in error.value.details()
     finally:
         server.stop(0)
+
+
+METHODS = ["RegisterAgent", "Heartbeat", "ReportTrainerExit", "JoinGeneration", "WatchGeneration", "ReportFailure",
+           "ReportSnapshot", "WaitCommitted", "ReportProgress", "ClaimFault", "ReportFinished"]
+
+
+def test_random_bytes_on_every_rpc_never_crash_the_coordinator(coordinator: Coordinator) -> None:
+    """Fuzz: arbitrary bytes as the request of every method; each call ends with a status (never a
+    hang), and the coordinator keeps serving afterwards."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    channel = grpc.insecure_channel(coordinator.address)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(method=st.sampled_from(METHODS), payload=st.binary(max_size=200))
+    def fuzz(method: str, payload: bytes) -> None:
+        call = channel.unary_unary(f"/ftrain.v1.Coordinator/{method}", request_serializer=None,
+                                   response_deserializer=None)
+        try:
+            call(payload, metadata=token_metadata(TOKEN), timeout=3)
+        except grpc.RpcError as error:
+            assert error.code() != grpc.StatusCode.UNAVAILABLE, "the coordinator went away"
+
+    fuzz()
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    assert json.loads(stub.GetStatus(pb.StatusRequest(), metadata=token_metadata(TOKEN), timeout=5).json)
