@@ -133,7 +133,8 @@ class LocalLauncher:
                     pass
         return 0 if state == "complete" else 1
 
-    def shutdown(self) -> None:
+    def kill_agents(self) -> None:
+        """SIGKILLs the process group of every agent still running (agent + trainers) and reaps it."""
         for agent in self.agents:
             if agent.process.poll() is None:
                 try:
@@ -141,4 +142,7 @@ class LocalLauncher:
                 except ProcessLookupError:
                     pass
                 agent.process.wait()
+
+    def shutdown(self) -> None:
+        self.kill_agents()
         self.coordinator.stop()

@@ -421,13 +421,8 @@ class SshLauncher(LocalLauncher):
             except subprocess.TimeoutExpired:
                 killer.kill()
                 killer.wait()
+        self.kill_agents()
         for agent in self.agents:
-            if agent.process.poll() is None:
-                try:
-                    os.killpg(agent.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                agent.process.wait()
             if isinstance(agent, SshAgent) and agent.reader is not None:
                 agent.reader.join(timeout=1.0)
             for stream in (agent.process.stdin,):

@@ -284,28 +284,19 @@ class AsyncWorker:
         s = self.s
 
         def follow() -> None:
-            while not s._closed.is_set() and s.generation == generation:
-                try:
-                    reply = s.client.call("WatchGeneration", pb.WatchRequest(known_generation=generation, wait_s=20.0),
-                                          timeout=30.0)
-                except Exception:
-                    if s._closed.wait(1.0):
-                        return
-                    continue
-                if reply.job_state == "failed":
-                    self._follow_error = JobFailed("the coordinator declared the job failed")
-                    return
-                if reply.job_state != "running":
-                    return
-                if reply.generation != generation:
-                    try:
-                        assignment = s.client.join(s.trainer_uid, generation)
-                    except BaseException as error:  # JobFailed, unreachable coordinator
-                        self._follow_error = error
-                        return
-                    with self._lock:
-                        self._next = assignment
-                    return
+            reply = s.client.wait_generation_change(generation, s._closed, lambda: s.generation == generation)
+            if reply is None or reply.job_state == "complete":
+                return
+            if reply.job_state == "failed":
+                self._follow_error = JobFailed("the coordinator declared the job failed")
+                return
+            try:
+                assignment = s.client.join(s.trainer_uid, generation)
+            except BaseException as error:  # JobFailed, unreachable coordinator
+                self._follow_error = error
+                return
+            with self._lock:
+                self._next = assignment
 
         threading.Thread(target=follow, name=f"ftrain-async-follow-g{generation}", daemon=True).start()
 

@@ -1,7 +1,9 @@
 """The trainer's coordinator client: token on every call, long-polls, clear errors."""
 from __future__ import annotations
 
+import threading
 import time
+from typing import Callable
 
 import grpc
 
@@ -59,6 +61,23 @@ class CoordinatorClient:
             if reply.status == "failed":
                 raise JobFailed(reply.message or "the coordinator declared the job failed")
             return reply
+
+    def wait_generation_change(self, generation: int, closed: threading.Event,
+                               current: Callable[[], bool]) -> pb.WatchResponse | None:
+        """Long-polls until the coordinator's generation differs from `generation` or the job is no
+        longer running. None if `closed` is set or `current()` turns False first; an unreachable
+        coordinator (restarting, say) is retried every second."""
+        while not closed.is_set() and current():
+            try:
+                reply = self.call("WatchGeneration", pb.WatchRequest(known_generation=generation, wait_s=20.0),
+                                  timeout=30.0)
+            except Exception:
+                if closed.wait(1.0):
+                    return None
+                continue
+            if reply.generation != generation or reply.job_state != "running":
+                return reply
+        return None
 
     def close(self) -> None:
         self.channel.close()

@@ -476,18 +476,10 @@ class Session:
 
     def _start_watcher(self, generation: int) -> None:
         def watch() -> None:
-            while not self._closed.is_set() and self.generation == generation:
-                try:
-                    reply = self.client.call("WatchGeneration", pb.WatchRequest(known_generation=generation, wait_s=20.0),
-                                             timeout=30.0)
-                except Exception:
-                    if self._closed.wait(1.0):
-                        return
-                    continue
-                if reply.generation != generation or reply.job_state == "failed":
-                    if self.generation == generation:
-                        self._moved.set()
-                    return
+            reply = self.client.wait_generation_change(generation, self._closed, lambda: self.generation == generation)
+            if reply is not None and (reply.generation != generation or reply.job_state == "failed") \
+                    and self.generation == generation:
+                self._moved.set()
 
         threading.Thread(target=watch, name=f"ftrain-watch-g{generation}", daemon=True).start()
 
