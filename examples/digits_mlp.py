@@ -2,29 +2,15 @@
 
 A plain torch loop; the ftrain lines are marked `# ftrain`. Run it directly (single process)
 or under `ftrain launch --nodes 3 -- examples/digits_mlp.py`.
-Optional arguments: --steps N, --out FILE (rank 0 writes final parameters and the sample ledger).
+Optional arguments: --steps N, --out FILE (rank 0 writes the final parameters, loss and accuracy).
 """
 import argparse
-import collections
 
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
 import ftrain  # ftrain
-
-
-class Ledger:
-    """Counts how often each sample id was trained on (replicated state, snapshotted)."""
-
-    def __init__(self) -> None:
-        self.counts: collections.Counter = collections.Counter()
-
-    def state_dict(self) -> dict:
-        return {"counts": dict(self.counts)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.counts = collections.Counter(state["counts"])
 
 
 def main() -> None:
@@ -39,21 +25,16 @@ def main() -> None:
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
     y = torch.tensor(digits.target, dtype=torch.long)
-    ids = torch.arange(len(y))
-    dataset = torch.utils.data.TensorDataset(x, y, ids)
+    dataset = torch.utils.data.TensorDataset(x, y)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 10))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    ledger = Ledger()
 
     session = ftrain.init(model, optimizer, dataset=dataset, batch_size=args.batch_size, seed=0)  # ftrain
-    session.register("ledger", ledger)  # ftrain
-    for step, (features, labels, sample_ids) in session.steps(args.steps):  # ftrain
+    for step, (features, labels) in session.steps(args.steps):  # ftrain
         loss = nn.functional.cross_entropy(session.model(features), labels)
         loss.backward()
         session.optimizer.step()  # ftrain
         session.optimizer.zero_grad()
-        for part in session.global_batch_indices():
-            ledger.counts.update(part)
         if session.rank == 0 and step % 20 == 0:
             print(f"step {step} loss {loss.item():.4f} world {session.world_size} gen {session.generation}", flush=True)
     model.eval()
@@ -65,8 +46,8 @@ def main() -> None:
     if session.rank == 0 and args.out:
         torch.save({"params": {k: v.clone() for k, v in model.state_dict().items()},
                     "final_loss": final_loss, "accuracy": accuracy,
-                    "ledger": dict(ledger.counts), "step": session.step, "world_size": session.world_size,
-                    "generation": session.generation, "dataset_len": len(dataset)}, args.out)
+                    "step": session.step, "world_size": session.world_size, "generation": session.generation},
+                   args.out)
     session.finish()  # ftrain
 
 

@@ -48,6 +48,7 @@ class LocalBlob:
 @dataclass
 class _Job:
     blob: LocalBlob
+    copy_done: "torch.cuda.Event | None" = None  # GPU state: the side-stream copy must finish first
     done: threading.Event = field(default_factory=threading.Event)
     error: str = ""
     started: float = field(default_factory=time.monotonic)
@@ -82,6 +83,8 @@ class SnapshotEngine:
         self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ftrain-shard")
         self.encoded_bytes = 0
+        self._stream: "torch.cuda.Stream | None" = None  # side stream for device-to-host snapshot copies
+        self.copy_done: "torch.cuda.Event | None" = None  # the newest capture's copy (GPU state only)
         self.compression = "none"  # per job (`--compress`); set from the generation's config
         self.last_duration_s = 0.0
 
@@ -130,14 +133,28 @@ class SnapshotEngine:
         padded = k * shard_length(size, k)
         protected = {blob.slot for s, blob in self.blobs.items() if s == keep_step}
         slot = 0 if 0 not in protected else 1
+        on_gpu = any(t.is_cuda for t in tensors)
         if len(self._buffers[slot]) < padded:
-            self._buffers[slot] = np.empty(int(padded * 1.25) + 4096, dtype=np.uint8)
+            capacity = int(padded * 1.25) + 4096
+            # device-to-host copies run asynchronously only into page-locked memory
+            self._buffers[slot] = (torch.empty(capacity, dtype=torch.uint8, pin_memory=True).numpy() if on_gpu
+                                   else np.empty(capacity, dtype=np.uint8))
         buffer = self._buffers[slot][:padded]
         out = torch.from_numpy(buffer[lay.HEADER_BYTES:lay.HEADER_BYTES + end - start])
-        tensors_cpu = all(not t.is_cuda for t in tensors)
-        lay.copy_slice(tensors, layout, start, end, out, non_blocking=not tensors_cpu)
-        if not tensors_cpu:
-            torch.cuda.current_stream().synchronize()
+        copy_done = None
+        if on_gpu:
+            # the copy runs on a side stream after the work queued so far; the training loop makes
+            # its stream wait for `copy_done` only before it next writes the state (see Session)
+            if self._stream is None:
+                self._stream = torch.cuda.Stream()
+            self._stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._stream):
+                lay.copy_slice(tensors, layout, start, end, out, non_blocking=True)
+                copy_done = torch.cuda.Event()
+                copy_done.record(self._stream)
+            self.copy_done = copy_done
+        else:
+            lay.copy_slice(tensors, layout, start, end, out)
         lay.write_header(buffer, end - start, meta_bytes)
         buffer[size:] = 0
         blob = LocalBlob(f"s{step}-g{placement.generation}-r{placement.rank}", step, placement.generation,
@@ -146,7 +163,7 @@ class SnapshotEngine:
             del self.blobs[old]
         self.blobs[step] = blob
         if self.report is not None:
-            job = _Job(blob)
+            job = _Job(blob, copy_done=copy_done)
             self._last_job = job
             self._ensure_worker()
             self._queue.put(job)
@@ -183,6 +200,8 @@ class SnapshotEngine:
         placement = self.placement
         blob = job.blob
         assert placement is not None and self.agents is not None and self.report is not None
+        if job.copy_done is not None:
+            job.copy_done.synchronize()  # blocks this worker thread only, never the training loop
         k, m = max(placement.k, 1), placement.m
         if self.compression == "zstd":
             packed = compress.compress(blob.buffer[:blob.size])

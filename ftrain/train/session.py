@@ -120,6 +120,7 @@ class Session:
         self._last_stall_s = 0.0
         self.reporter = metrics.TrainerReporter("", "", "", 0)  # per-node metrics via the agent (off without one)
         self.use_cuda = any(p.is_cuda for p in model.parameters())
+        self._has_buffers = any(b.numel() for b in model.buffers())
         if self.env is None:
             self.trainer_uid = f"local/0/{os.getpid()}"
             self.client = None
@@ -238,7 +239,16 @@ class Session:
             self._local_weight, self._total_weight = float(count), float(sum(counts))
         else:
             self._local_weight, self._total_weight = 1.0, float(self.world_size)
+        if self._has_buffers:  # the forward pass writes buffers (BatchNorm statistics) that a capture reads
+            self._after_snapshot_copy()
         self._compute_start = time.perf_counter()
+
+    def _after_snapshot_copy(self) -> None:
+        """GPU state: queue the next write to the state behind the snapshot's side-stream copy (the
+        CPU does not wait; on CPU the copy was synchronous and there is nothing to do)."""
+        copy_done = self.engine.copy_done
+        if copy_done is not None:
+            torch.cuda.current_stream().wait_event(copy_done)
 
     def _optimizer_step(self, closure: Callable | None) -> Any:
         if self._stepped:
@@ -248,11 +258,12 @@ class Session:
             time.sleep((time.perf_counter() - self._compute_start) * (self._slow_factor - 1.0))
         self._compute_s += time.perf_counter() - self._compute_start
         self._compute_n += 1
+        self._after_snapshot_copy()  # the optimizer (and the buffer broadcast) write what a capture reads
         if (self.env is None and self.world_size == 1) or self._async is not None:
             return self._inner.step(closure)
         try:
             self._sync.allreduce(self._group, self._local_weight, self._total_weight)
-            if any(True for _ in self.model.buffers()):
+            if self._has_buffers:
                 collectives.broadcast_buffers(self._group, self.model)
         except collectives.CollectiveError as error:
             # the user's loop never sees a peer's failure: the step is discarded after the body returns
