@@ -129,8 +129,7 @@ class GradientSynchronizer:
                 n = p.numel()
                 if p.grad is None:
                     p.grad = torch.empty_like(p)
-                p.grad.reshape(-1).copy_(flat[offset:offset + n]) if p.grad.is_contiguous() else \
-                    p.grad.copy_(flat[offset:offset + n].view_as(p))
+                p.grad.copy_(flat[offset:offset + n].view_as(p))
                 offset += n
 
 

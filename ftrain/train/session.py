@@ -191,7 +191,8 @@ class Session:
                     raise RuntimeError("ftrain: call session.optimizer.step() once in every step of session.steps()")
                 if self._step_error is not None:
                     raise self._step_error
-                self.sampler.advance(self.world_size, self.batch_shares or None) if self.sampler else None
+                if self.sampler is not None:
+                    self.sampler.advance(self.world_size, self.batch_shares or None)
                 self.step += 1
                 self.reporter.step_done(time.perf_counter() - step_started)
                 self._report_state()
