@@ -135,6 +135,9 @@ class JobSettings:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.compress not in ("none", "zstd"):
             raise ConfigError(f"--compress must be 'none' or 'zstd'; got {self.compress!r}")
+        if self.heartbeat_dead_after_s < 2.0:
+            raise ConfigError(f"--heartbeat-timeout must be >= 2 s (agents heartbeat every second); "
+                              f"got {self.heartbeat_dead_after_s}")
         if self.hang_timeout_s <= 0:
             raise ConfigError(f"--hang-timeout must be > 0 s; got {self.hang_timeout_s}")
         if self.straggler_policy not in STRAGGLER_POLICIES:

@@ -113,3 +113,14 @@ def test_job_settings_validation_names_the_flag() -> None:
         JobSettings(target_nodes=3, min_nodes=3, inject=(parse_fault("kill-node:5@step=2"),)).validate()
     with pytest.raises(ConfigError, match="--mode"):
         JobSettings(mode="federated").validate()
+    with pytest.raises(ConfigError, match="--heartbeat-timeout"):
+        JobSettings(heartbeat_dead_after_s=1.5).validate()
+
+
+@pytest.mark.parametrize("dead_after_s", [2.0, 2.5, 3.0, 4.0, 10.0, 60.0])
+def test_every_valid_heartbeat_timeout_gives_a_valid_detector(dead_after_s: float) -> None:
+    from ftrain.coordinator.server import CoordinatorState
+    from ftrain.metrics import Metrics
+
+    state = CoordinatorState(JobSettings(heartbeat_dead_after_s=dead_after_s).validate(), "127.0.0.1:1", Metrics())
+    assert state.hang.timeout_s() > 0

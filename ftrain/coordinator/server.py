@@ -75,7 +75,8 @@ class CoordinatorState:
         self.lost_trainers: set[tuple[str, int]] = set()  # of the current generation (live world size)
         self.straggler = StragglerDetector()
         self.hang = HangDetector(DetectionConfig(hang_timeout_min_s=settings.hang_timeout_s,
-                                                 dead_after_s=settings.heartbeat_dead_after_s))
+                                                 dead_after_s=settings.heartbeat_dead_after_s,
+                                                 suspect_after_s=min(3.0, max(1.5, settings.heartbeat_dead_after_s / 2))))
         self.times_flagged: collections.Counter[int] = collections.Counter()
         self.pulses: dict[int, tuple[float, bool]] = {}  # rank -> (last pulse, waiting in a collective)
         self.held_shards: dict[tuple[str, int], BlobRecord] = {}  # reported by re-registering agents

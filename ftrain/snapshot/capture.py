@@ -230,8 +230,11 @@ class SnapshotEngine:
             generation=blob.generation,
         )
         info_bytes = info.SerializeToString()  # agents keep it: a restarted coordinator rebuilds its catalog
+        # a deadline scaled to the shard (>= 50 MB/s): an unreachable (partitioned) agent must not hold
+        # the pipeline for long; the coordinator finds the node dead and the generation moves on
+        deadline = 5.0 + length / 50e6
         futures = [self._pool.submit(self.agents.put_shard, address, blob.blob_id, i, blob.step, shards[i], crcs[i],
-                                     info_bytes)
+                                     info_bytes, deadline)
                    for i, (_node, address) in enumerate(placement.targets)]
         for future in futures:
             future.result()
@@ -242,13 +245,15 @@ class SnapshotEngine:
             job.error = f"coordinator refused the snapshot of step {blob.step} (generation moved to {ack.current_generation})"
 
     # -- restore -----------------------------------------------------------------------------
-    def fetch(self, info: pb.BlobInfo) -> np.ndarray:
-        """Rebuilds a blob from any k good shards (data shards first). Raises SnapshotLost."""
+    def fetch(self, info: pb.BlobInfo, live_nodes: set[str] | None = None) -> np.ndarray:
+        """Rebuilds a blob from any k good shards. Shards on `live_nodes` (the current generation's
+        members) are read first, data shards before parity: a partitioned node does not refuse
+        connections, it swallows them. Raises SnapshotLost."""
         assert self.agents is not None
         k = info.k
         got: dict[int, np.ndarray] = {}
         problems: list[str] = []
-        order = sorted(info.shards, key=lambda s: s.index)
+        order = sorted(info.shards, key=lambda s: (live_nodes is not None and s.node_id not in live_nodes, s.index))
         pending = list(order)
         while len(got) < k and pending:
             batch, pending = pending[: k - len(got)], pending[k - len(got):]

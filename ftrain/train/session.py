@@ -435,7 +435,7 @@ class Session:
                 if info.source_holds_local and local is not None and local.blob_id == info.blob_id:
                     data = local.buffer[:local.size]
                 else:
-                    data = self.engine.fetch(info)
+                    data = self.engine.fetch(info, live_nodes={m.node_id for m in self._members})
                 tensor = torch.from_numpy(np.ascontiguousarray(data))
             else:
                 tensor = torch.empty(info.raw_size or info.size, dtype=torch.uint8)
