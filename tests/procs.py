@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+
+from ftrain.status import StatusError, fetch_status
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "tests" / "scripts"
@@ -74,3 +77,34 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def coordinator_status(address: str, token: str) -> dict | None:
+    """The coordinator's status JSON, or None while it is unreachable (e.g. being restarted)."""
+    try:
+        return fetch_status(address, token, timeout_s=2.0)
+    except StatusError:
+        return None
+
+
+def stop_processes(processes: list[subprocess.Popen], job_id: str) -> None:
+    """Kills what is left of hand-started coordinator/agent processes (a process that leads its own
+    session is killed with its whole group: agent + trainers), reaps them, then sweeps the job by PID."""
+    for process in processes:
+        if process.poll() is None:
+            try:
+                if os.getpgid(process.pid) == process.pid:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
+            except ProcessLookupError:
+                pass
+    for process in processes:
+        process.wait()
+    kill_job(job_id)

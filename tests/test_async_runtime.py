@@ -12,7 +12,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from ftrain.proto.ftrain.v1 import agent_pb2_grpc, coordinator_pb2 as pb, coordi
 from ftrain.rpc import CHUNK_BYTES, bind, make_server, token_metadata
 from ftrain.train.async_worker import AggregatorClient
 from ftrain.train.client import Unauthenticated
-from procs import REPO, SCRIPTS, kill_job, new_job_id, run_ftrain
+from procs import REPO, SCRIPTS, coordinator_status, free_port, new_job_id, run_ftrain, stop_processes
 
 pytestmark = pytest.mark.timeout(240)
 TOKEN = "async-test-token"
@@ -305,23 +304,6 @@ def test_async_job_with_slow_and_killed_node_converges_and_records_staleness(tmp
 # ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def coordinator_status(port: int) -> dict | None:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        return json.loads(stub.GetStatus(pb.StatusRequest(), metadata=token_metadata(TOKEN), timeout=2).json)
-    except grpc.RpcError:
-        return None
-    finally:
-        channel.close()
-
-
 def test_coordinator_restart_restores_the_aggregator_from_the_agents(tmp_path: Path, digits_split: Path) -> None:
     job = new_job_id("asyncrestart")
     port = free_port()
@@ -343,7 +325,7 @@ def test_coordinator_restart_restores_the_aggregator_from_the_agents(tmp_path: P
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 120
         while True:
-            before = coordinator_status(port)
+            before = coordinator_status(f"127.0.0.1:{port}", TOKEN)
             if before and (before.get("aggregator") or {}).get("version", -1) >= 15:
                 break
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
@@ -355,7 +337,7 @@ def test_coordinator_restart_restores_the_aggregator_from_the_agents(tmp_path: P
         processes.append(coordinator)
         after = None
         while time.monotonic() < deadline + 60:
-            state = coordinator_status(port)
+            state = coordinator_status(f"127.0.0.1:{port}", TOKEN)
             if state and (state.get("aggregator") or {}).get("restored_from_version") is not None:
                 after = state["aggregator"]
                 break
@@ -365,10 +347,7 @@ def test_coordinator_restart_restores_the_aggregator_from_the_agents(tmp_path: P
             assert process.wait(timeout=120) == 0, log_path.read_text()[-4000:]
         assert coordinator.wait(timeout=30) == 0
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-        kill_job(job)
+        stop_processes(processes, job)
         log.close()
     seen = before["aggregator"]
     restored = after["restored_from_version"]

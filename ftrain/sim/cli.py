@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import engine, report
 from .costs import CostsError, load_costs
@@ -33,34 +33,26 @@ _METAVAR = {
 }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
+def _bounded(convert: Callable[[str], Any], minimum: float, inclusive: bool, rule: str, name: str
+             ) -> Callable[[str], Any]:
+    """An argparse type: `convert(text)` that is >= `minimum` (or > it when not `inclusive`);
+    errors read "must be {rule}, got '...'"."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if value < minimum or (not inclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return v
+_positive_int = _bounded(int, 1, True, "a positive integer", "positive_int")
+_nonneg_int = _bounded(int, 0, True, "an integer >= 0", "nonneg_int")
+_positive_float = _bounded(float, 0.0, False, "a number > 0", "positive_float")
 
 
 def _spec_type(key: str):

@@ -3,41 +3,22 @@ generation and held shards, the coordinator rebuilds membership and the snapshot
 them, and training continues to the same bit-identical result."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 
 from chaos.conftest import ROWS
-from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb, coordinator_pb2_grpc
-from ftrain.rpc import token_metadata
-from procs import SCRIPTS, kill_job, new_job_id, run_ftrain
+from procs import SCRIPTS, coordinator_status, free_port, new_job_id, run_ftrain, stop_processes
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "restart-test-token"
 STEPS, SLEEP = 40, 0.08
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status(port: int) -> dict | None:
-    stub = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-    try:
-        return json.loads(stub.GetStatus(pb.StatusRequest(), metadata=token_metadata(TOKEN), timeout=2).json)
-    except grpc.RpcError:
-        return None
 
 
 def test_coordinator_killed_and_restarted(tmp_path: Path) -> None:
@@ -65,7 +46,7 @@ def test_coordinator_killed_and_restarted(tmp_path: Path) -> None:
                 start_new_session=True))
         deadline = time.monotonic() + 120
         while True:
-            state = status(port)
+            state = coordinator_status(f"127.0.0.1:{port}", TOKEN)
             if state and state["last_committed_step"] >= 10:
                 break
             assert time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-3000:]
@@ -78,7 +59,7 @@ def test_coordinator_killed_and_restarted(tmp_path: Path) -> None:
         processes.append(coordinator)
         restarted = None
         while restarted is None and time.monotonic() < deadline + 60:
-            state = status(port)
+            state = coordinator_status(f"127.0.0.1:{port}", TOKEN)
             if state and state["generation"] >= 1 and state["world_size"] == 3:
                 restarted = time.monotonic() - killed_at
             time.sleep(0.1)
@@ -87,10 +68,7 @@ def test_coordinator_killed_and_restarted(tmp_path: Path) -> None:
             assert process.wait(timeout=120) == 0, (tmp_path / "job.log").read_text()[-4000:]
         assert coordinator.wait(timeout=30) == 0
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-        kill_job(job)
+        stop_processes(processes, job)
         log.close()
     final, reference = torch.load(tmp_path / "final.pt"), torch.load(tmp_path / "ref.pt")
     identical = all(torch.equal(reference["params"][k], final["params"][k]) for k in reference["params"])

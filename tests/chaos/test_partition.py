@@ -5,7 +5,6 @@ were blocked in, a replacement node joins in a fresh namespace, and the job fini
 bit-identical to the failure-free run. Needs root and iproute2 (`ip netns`)."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -14,14 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 
 from chaos.conftest import ROWS
-from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb, coordinator_pb2_grpc
-from ftrain.rpc import token_metadata
-from procs import SCRIPTS, kill_job, new_job_id, run_ftrain
+from procs import SCRIPTS, coordinator_status, new_job_id, run_ftrain, stop_processes
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "partition-test-token"
@@ -72,14 +68,6 @@ class Network:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
 
-def status(address: str) -> dict | None:
-    stub = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(address))
-    try:
-        return json.loads(stub.GetStatus(pb.StatusRequest(), metadata=token_metadata(TOKEN), timeout=2).json)
-    except grpc.RpcError:
-        return None
-
-
 @pytest.fixture()
 def network():
     if os.geteuid() != 0 or shutil.which("ip") is None:
@@ -123,14 +111,14 @@ def test_partitioned_node_is_replaced_and_the_job_stays_bit_identical(network: N
         processes.append(coordinator)
         survivors = [agent(0), agent(1), agent(2)]
         deadline = time.monotonic() + 150
-        while not ((state := status(coordinator_address)) and state["last_committed_step"] >= 10):
+        while not ((state := coordinator_status(coordinator_address, TOKEN)) and state["last_committed_step"] >= 10):
             assert time.monotonic() < deadline and coordinator.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
             time.sleep(0.1)
         network.cut(1)
         cut_at = time.monotonic()
         detected = None
         while detected is None:
-            state = status(coordinator_address)
+            state = coordinator_status(coordinator_address, TOKEN)
             if state and any(m["node"] == "node1" and not m["alive"] for m in state["members"]):
                 detected = time.monotonic() - cut_at
             assert time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-3000:]
@@ -138,7 +126,7 @@ def test_partitioned_node_is_replaced_and_the_job_stays_bit_identical(network: N
         agent(3)  # the replacement, in a fresh namespace
         recovered = None
         while recovered is None:
-            state = status(coordinator_address)
+            state = coordinator_status(coordinator_address, TOKEN)
             if state and state["generation"] >= 1 and state["world_size"] == 3:
                 recovered = time.monotonic() - cut_at
             assert time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-3000:]
@@ -147,12 +135,7 @@ def test_partitioned_node_is_replaced_and_the_job_stays_bit_identical(network: N
             assert process.wait(timeout=120) == 0, (tmp_path / "job.log").read_text()[-4000:]
         assert coordinator.wait(timeout=60) == 0
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, 9) if process is not processes[0] else process.kill()
-        for process in processes:
-            process.wait()
-        kill_job(job)
+        stop_processes(processes, job)
         log.close()
     final, reference = torch.load(tmp_path / "final.pt"), torch.load(tmp_path / "ref.pt")
     identical = all(torch.equal(reference["params"][k], final["params"][k]) for k in reference["params"])
