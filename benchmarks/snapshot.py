@@ -19,21 +19,22 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = [  # (label, --snapshot-every, job mode)
-    ("off", 1_000_000, "ftrain"),
-    ("ftrain every step", 1, "ftrain"),
-    ("ftrain every 10 steps", 10, "ftrain"),
-    ("torch.save every step", 1_000_000, "torch-save"),
-    ("DCP async_save every step", 1_000_000, "dcp-async"),
+CONFIGS = [  # (label, --snapshot-every, job mode, extra environment)
+    ("off", 1_000_000, "ftrain", {}),
+    ("ftrain every step", 1, "ftrain", {}),
+    ("ftrain every 10 steps", 10, "ftrain", {}),
+    ("ftrain every step, gRPC shards", 1, "ftrain", {"FTRAIN_SHARD_TRANSPORT": "grpc"}),
+    ("torch.save every step", 1_000_000, "torch-save", {}),
+    ("DCP async_save every step", 1_000_000, "dcp-async", {}),
 ]
 
 
-def run(label: str, every: int, mode: str, args: argparse.Namespace, workdir: Path) -> dict:
+def run(label: str, every: int, mode: str, env: dict[str, str], args: argparse.Namespace, workdir: Path) -> dict:
     out = workdir / f"{label.replace(' ', '_')}.json"
     cmd = [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.nodes), "--snapshot-every", str(every),
            "--job-id", "bench-snapshot", "--", str(REPO / "benchmarks" / "snapshot_job.py"), "--mode", mode,
            "--steps", str(args.steps), "--dim", str(args.dim), "--out", str(out)]
-    result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", **env), capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise SystemExit(f"{label}: job failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -46,22 +47,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dim", type=int, default=256)
     args = parser.parse_args()
-    samples: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+    samples: dict[str, list[float]] = {label: [] for label, *_ in CONFIGS}
     info: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="ftrain-snapbench-") as tmp:
         for _ in range(args.rounds):
-            for label, every, mode in CONFIGS:
-                result = run(label, every, mode, args, Path(tmp))
+            for label, every, mode, env in CONFIGS:
+                result = run(label, every, mode, env, args, Path(tmp))
                 samples[label].append(result["median_step_s"])
                 info[label] = result
     base = statistics.median(samples["off"])
     params = info["off"]["params"]
     print(f"transformer: {params / 1e6:.2f} M parameters (model + AdamW state = {params * 12 / 2**20:.0f} MiB), "
           f"{args.nodes} nodes x 1 CPU trainer, median of {args.rounds} rounds")
-    print(f"{'configuration':30}{'step ms':>10}{'ratio':>8}")
-    for label, _, _ in CONFIGS:
+    print(f"{'configuration':32}{'step ms':>10}{'ratio':>8}")
+    for label, *_ in CONFIGS:
         value = statistics.median(samples[label])
-        print(f"{label:30}{value * 1000:>10.1f}{value / base:>7.3f}x")
+        print(f"{label:32}{value * 1000:>10.1f}{value / base:>7.3f}x")
 
 
 if __name__ == "__main__":

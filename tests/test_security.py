@@ -86,6 +86,36 @@ def test_tls_coordinator_refuses_plaintext_and_foreign_certificates(certs: Path,
         coordinator.stop()
 
 
+def test_tls_shard_data_plane_refuses_plaintext_and_foreign_certificates(certs: Path, monkeypatch) -> None:
+    import numpy as np
+
+    from ftrain.agent.dataplane import ShardDataServer
+    from ftrain.snapshot import dataplane as dp
+    from ftrain.snapshot.erasure import shard_checksum
+
+    data = np.arange(1 << 20, dtype=np.uint32).view(np.uint8)
+    for key, value in tls_env(certs).items():
+        monkeypatch.setenv(key, value)
+    server = ShardDataServer(ShardStore(), TOKEN, lambda: "job-tls").start()
+    try:
+        dp.DataPlaneClient(TOKEN, "job-tls").put(server.address, "s1", 0, 1, data, shard_checksum(data))
+        assert server.store.get("s1", 0) is not None  # mutual TLS works
+        for key in ("FTRAIN_TLS_CERT", "FTRAIN_TLS_KEY", "FTRAIN_TLS_CA"):
+            monkeypatch.delenv(key)
+        with pytest.raises(OSError):  # plaintext: the server's TLS handshake fails, nothing is stored
+            dp.DataPlaneClient(TOKEN, "job-tls").put(server.address, "s2", 0, 1, data, shard_checksum(data),
+                                                     timeout=5.0)
+        for key, value in tls_env(certs, name="rogue").items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("FTRAIN_TLS_CA", str(certs / "ca.pem"))
+        with pytest.raises(OSError):  # a certificate the job's CA did not sign
+            dp.DataPlaneClient(TOKEN, "job-tls").put(server.address, "s3", 0, 1, data, shard_checksum(data),
+                                                     timeout=5.0)
+        assert server.store.get("s2", 0) is None and server.store.get("s3", 0) is None
+    finally:
+        server.stop()
+
+
 @pytest.fixture()
 def coordinator():
     c = Coordinator(JobSettings(job_id="sec-test"), TOKEN, port=0).start()

@@ -21,6 +21,7 @@ import grpc
 
 from ftrain import config as cfg
 from ftrain import metrics as metrics_mod
+from ftrain.agent.dataplane import ShardDataServer
 from ftrain.agent.store import AgentServicer, ShardStore
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, describe_rpc_error, make_server, open_channel, token_metadata
@@ -59,7 +60,7 @@ class _NodeServicer(AgentServicer):
     """The shard store plus the trainers' metrics reports (so each node is one scrape target)."""
 
     def __init__(self, agent: "Agent") -> None:
-        super().__init__(agent.store, agent.job_id, agent._node_ref)
+        super().__init__(agent.store, agent.job_id, agent._node_ref, agent.data_server.address)
         self.agent = agent
 
     def ReportTrainerMetrics(self, request: agent_pb2.TrainerMetrics, context: grpc.ServicerContext) -> agent_pb2.TrainerMetricsAck:
@@ -98,6 +99,7 @@ class Agent:
         self._node_ref = [node_id]
         self.server = make_server(token, max_workers=32)
         self.port = bind(self.server, host, port)
+        self.data_server = ShardDataServer(self.store, token, lambda: self.job_id, host)
         self.metrics_port = self.metrics.serve(metrics_port, addr=host) if metrics_port is not None else None
         self.trainers: dict[int, TrainerProcess] = {}
         self.trainer_steps: dict[int, int] = {}  # local rank -> steps done (from its metrics reports)
@@ -250,11 +252,13 @@ class Agent:
         agent_pb2_grpc.add_AgentServicer_to_server(_NodeServicer(self), self.server)
         add_health_and_reflection(self.server, [agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name])
         self.server.start()
+        self.data_server.start()
         try:
             self.register()
         except AgentError as error:
             log.error("%s", error)
             self.server.stop(0)
+            self.data_server.stop()
             return 2
         self.servicer_job = self.job_id
         with self._lock:
@@ -279,6 +283,7 @@ class Agent:
                 if trainer.process.poll() is None:
                     trainer.process.kill()
             self.server.stop(0.5)
+            self.data_server.stop()
         if self.job_state == "complete":
             log.info("agent %s: job complete", self.node_id)
             return 0

@@ -19,27 +19,74 @@ from ftrain.snapshot.erasure import shard_checksum
 MAX_SHARD_BYTES = 64 * 1024 * 1024 * 1024
 
 
+SPARE_BUFFERS = 8  # evicted shard buffers kept for reuse (per-step snapshots reuse the same sizes)
+
+
 @dataclass
 class StoredShard:
     step: int
     data: bytearray
     crc32: int
     blob_info: bytes = b""  # serialized BlobInfo from the producing trainer
+    readers: int = 0        # gets streaming it now: its buffer is not reused until they finish
 
 
 class ShardStore:
-    """Thread-safe map (blob_id, index) -> shard bytes, with eviction by step."""
+    """Thread-safe map (blob_id, index) -> shard bytes, with eviction by step.
+
+    Buffers of evicted shards are kept (a few) and handed out again for incoming shards of the
+    same size: with a snapshot every step, fresh multi-MiB allocations would cost a page fault
+    per 4 KiB every step.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._shards: dict[tuple[str, int], StoredShard] = {}
+        self._spare: list[bytearray] = []
         self._corrupting = False  # fault injection: this node's shard memory has gone bad
+
+    def take_buffer(self, size: int) -> bytearray:
+        """A writable buffer of exactly `size` bytes for an incoming shard (reused when one fits)."""
+        with self._lock:
+            for i, spare in enumerate(self._spare):
+                if len(spare) == size:
+                    return self._spare.pop(i)
+        return bytearray(size)
+
+    def give_back(self, buffer: bytearray) -> None:
+        """Returns a buffer that was taken but not stored (a transfer failed)."""
+        with self._lock:
+            self._recycle(buffer)
+
+    def _recycle(self, buffer: bytearray) -> None:
+        if isinstance(buffer, bytearray) and len(buffer) >= 1 << 20:
+            self._spare.append(buffer)
+            del self._spare[:-SPARE_BUFFERS]
+
+    def _evict(self, key: tuple[str, int]) -> None:
+        shard = self._shards.pop(key)
+        if shard.readers == 0:
+            self._recycle(shard.data)
 
     def put(self, blob_id: str, index: int, step: int, data: bytearray, crc32: int, blob_info: bytes = b"") -> None:
         with self._lock:
             if self._corrupting and data:
                 data[len(data) // 2] ^= 0xFF
+            if (blob_id, index) in self._shards:
+                self._evict((blob_id, index))
             self._shards[(blob_id, index)] = StoredShard(step, data, crc32, blob_info)
+
+    def acquire(self, blob_id: str, index: int) -> StoredShard | None:
+        """The shard, pinned against buffer reuse until :meth:`release` (for streaming it out)."""
+        with self._lock:
+            shard = self._shards.get((blob_id, index))
+            if shard is not None:
+                shard.readers += 1
+            return shard
+
+    def release(self, shard: StoredShard) -> None:
+        with self._lock:
+            shard.readers -= 1
 
     def held(self) -> list[tuple[bytes, int]]:
         """(serialized BlobInfo, shard index) of every shard held: what a restarted coordinator reads."""
@@ -54,7 +101,7 @@ class ShardStore:
         with self._lock:
             old = [key for key, shard in self._shards.items() if shard.step < min_step]
             for key in old:
-                del self._shards[key]
+                self._evict(key)
             return len(old)
 
     def corrupt(self, step: int) -> list[str]:
@@ -75,10 +122,11 @@ class ShardStore:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
-    def __init__(self, store: ShardStore, job_id: str, node_id_ref: list[str]) -> None:
+    def __init__(self, store: ShardStore, job_id: str, node_id_ref: list[str], data_address: str = "") -> None:
         self.store = store
         self.job_id = job_id
         self.node_id_ref = node_id_ref
+        self.data_address = data_address  # the agent's shard data plane (ftrain.agent.dataplane), if any
 
     def _check_job(self, job_id: str, context: grpc.ServicerContext) -> None:
         if job_id != self.job_id:
@@ -94,7 +142,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 if chunk.total_len > MAX_SHARD_BYTES:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard of {chunk.total_len} bytes is over the limit")
                 first = chunk
-                buffer = bytearray(chunk.total_len)
+                buffer = self.store.take_buffer(chunk.total_len)
             end = chunk.offset + len(chunk.data)
             if end > len(buffer):  # type: ignore[arg-type]
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -109,23 +157,27 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def GetShard(self, request: apb.GetShardRequest, context: grpc.ServicerContext) -> Iterator[apb.ShardChunk]:
         self._check_job(request.job_id, context)
-        shard = self.store.get(request.blob_id, request.index)
+        shard = self.store.acquire(request.blob_id, request.index)
         if shard is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.blob_id}#{request.index} on this agent")
-        view = memoryview(shard.data)  # type: ignore[union-attr]
-        total = len(view)
-        offset = 0
-        while True:
-            piece = bytes(view[offset:offset + CHUNK_BYTES])
-            yield apb.ShardChunk(job_id=self.job_id, blob_id=request.blob_id, index=request.index, step=shard.step,  # type: ignore[union-attr]
-                                 offset=offset, total_len=total, crc32=shard.crc32, data=piece)  # type: ignore[union-attr]
-            offset += len(piece)
-            if offset >= total:
-                return
+        try:
+            view = memoryview(shard.data)  # type: ignore[union-attr]
+            total = len(view)
+            offset = 0
+            while True:
+                piece = bytes(view[offset:offset + CHUNK_BYTES])
+                yield apb.ShardChunk(job_id=self.job_id, blob_id=request.blob_id, index=request.index, step=shard.step,  # type: ignore[union-attr]
+                                     offset=offset, total_len=total, crc32=shard.crc32, data=piece)  # type: ignore[union-attr]
+                offset += len(piece)
+                if offset >= total:
+                    return
+        finally:
+            self.store.release(shard)  # type: ignore[arg-type]
 
     def Ping(self, request: apb.PingRequest, context: grpc.ServicerContext) -> apb.PingResponse:
         count, size = self.store.stats()
-        return apb.PingResponse(node_id=self.node_id_ref[0], job_id=self.job_id, shard_count=count, shard_bytes=size)
+        return apb.PingResponse(node_id=self.node_id_ref[0], job_id=self.job_id, shard_count=count, shard_bytes=size,
+                                data_address=self.data_address)
 
     def CorruptShards(self, request: apb.CorruptRequest, context: grpc.ServicerContext) -> apb.CorruptResponse:
         self._check_job(request.job_id, context)

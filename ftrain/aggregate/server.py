@@ -153,7 +153,7 @@ class _TrackingPool(AgentPool):
     def put_shard(self, address: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         try:
             super().put_shard(address, *args, **kwargs)
-        except grpc.RpcError:
+        except (grpc.RpcError, OSError):  # gRPC or shard data plane
             self.failed[address] = time.monotonic()
             raise
 
@@ -306,6 +306,8 @@ class StateProtector:
                     future.result()
                 except grpc.RpcError as exc:
                     problems.append(f"{node}: {exc.code().name if hasattr(exc, 'code') else exc}")
+                except OSError as exc:  # shard data plane: refused, unreachable, timed out
+                    problems.append(f"{node}: {exc}")
             if problems:
                 error = "shard transfer failed on " + ", ".join(problems)
                 continue
@@ -324,7 +326,7 @@ class StateProtector:
             for future, (node, _addr) in zip(futures, targets):
                 try:
                     future.result()
-                except grpc.RpcError:
+                except (grpc.RpcError, OSError):
                     missing.append(node)
             if any(node in row for node in missing):  # every shard holder must also hold the manifest
                 error = f"manifest not stored on {missing}"

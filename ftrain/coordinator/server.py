@@ -506,6 +506,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     s.record_compute(request.rank, request.step, request.compute_time_s, request.steps_covered or 1)
                 if s.catalog.record(request.generation, record):
                     self._committed(request.step)
+                deadline = time.monotonic() + min(request.wait_commit_s, 60.0)
+                while (s.catalog.newest_committed < request.step and s.membership.number == request.generation
+                       and s.job_state == "running" and time.monotonic() < deadline and context.is_active()):
+                    s.cond.wait(min(deadline - time.monotonic(), 0.5))
             return pb.SnapshotAck(accepted=accepted, current_generation=s.membership.number,
                                   last_committed_step=s.catalog.newest_committed)
 

@@ -9,6 +9,7 @@ good shards (checksums turn corrupted shards into erasures) and decode.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -29,6 +30,18 @@ from ftrain.snapshot.placement import effective_code, place_blobs
 from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
 
 log = logging.getLogger("ftrain.snapshot")
+COMMIT_WAIT_S = 20.0  # how long a snapshot report may wait at the coordinator for the step's commit
+
+
+def lower_thread_priority() -> None:
+    """Snapshot work yields the CPU to training: raises this thread's nice value (threads it
+    starts inherit it) to FTRAIN_SNAPSHOT_NICE (default 19; 0 leaves it alone)."""
+    nice = int(os.environ.get("FTRAIN_SNAPSHOT_NICE", "19"))
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as error:  # pragma: no cover - not permitted in this sandbox
+            log.debug("cannot lower the snapshot thread's priority: %s", error)
 
 
 class SnapshotLost(RuntimeError):
@@ -51,6 +64,7 @@ class _Job:
     copy_done: "torch.cuda.Event | None" = None  # GPU state: the side-stream copy must finish first
     done: threading.Event = field(default_factory=threading.Event)
     error: str = ""
+    committed: bool = False  # the coordinator committed this step (known by the worker)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -67,12 +81,16 @@ class Placement:
 
 class SnapshotEngine:
     def __init__(self, job_id: str, trainer_uid: str, node_id: str, agents: AgentPool | None,
-                 report: Callable[[pb.SnapshotReport], pb.SnapshotAck] | None) -> None:
+                 report: Callable[[pb.SnapshotReport], pb.SnapshotAck] | None,
+                 await_commit: Callable[[int, int], bool] | None = None) -> None:
+        """`report` sends a SnapshotReport; `await_commit(step, generation)` waits (in the worker)
+        until the coordinator commits the step, so the training loop need not ask."""
         self.job_id = job_id
         self.trainer_uid = trainer_uid
         self.node_id = node_id
         self.agents = agents
         self.report = report
+        self.await_commit = await_commit
         self.placement: Placement | None = None
         self._buffers: list[np.ndarray] = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
         self._parity: np.ndarray = np.empty((0, 0), np.uint8)
@@ -118,6 +136,11 @@ class SnapshotEngine:
             return ""
         job.done.wait()
         return job.error
+
+    def previous_committed(self) -> int | None:
+        """The step of the previous blob if the worker saw the coordinator commit it (after wait_previous)."""
+        job = self._last_job
+        return job.blob.step if job is not None and job.done.is_set() and job.committed else None
 
     def capture(self, step: int, tensors: list[torch.Tensor], layout: lay.StateLayout, meta: dict,
                 keep_step: int | None) -> LocalBlob:
@@ -180,6 +203,7 @@ class SnapshotEngine:
             self._worker.start()
 
     def _run(self) -> None:
+        lower_thread_priority()
         while True:
             job = self._queue.get()
             if job is None:
@@ -219,11 +243,15 @@ class SnapshotEngine:
             self.codec(k, m).encode(data, out=self._parity)
             shards += [self._parity[i] for i in range(m)]
             self.encoded_bytes += len(blob.buffer)
-        crcs = list(self._pool.map(shard_checksum, shards))
+        blob_crc = shard_checksum(blob.buffer[:blob.size])
+        if len(shards) == 1 and coded is blob.buffer:  # one full copy: continue the blob's CRC over the padding
+            crcs = [shard_checksum(blob.buffer[blob.size:], blob_crc)]
+        else:
+            crcs = list(self._pool.map(shard_checksum, shards))
         info = pb.BlobInfo(
             blob_id=blob.blob_id, step=blob.step, producer_rank=placement.rank,
             producer_world_size=placement.world_size, producer_trainer=self.trainer_uid, producer_node=self.node_id,
-            size=coded_size, k=k, m=m, shard_len=length, crc32=shard_checksum(blob.buffer[:blob.size]),
+            size=coded_size, k=k, m=m, shard_len=length, crc32=blob_crc,
             compression="" if self.compression == "none" else self.compression, raw_size=blob.size,
             shards=[pb.ShardLocation(index=i, node_id=node, address=address, crc32=crcs[i])
                     for i, (node, address) in enumerate(placement.targets)],
@@ -233,16 +261,30 @@ class SnapshotEngine:
         # a deadline scaled to the shard (>= 50 MB/s): an unreachable (partitioned) agent must not hold
         # the pipeline for long; the coordinator finds the node dead and the generation moves on
         deadline = 5.0 + length / 50e6
-        futures = [self._pool.submit(self.agents.put_shard, address, blob.blob_id, i, blob.step, shards[i], crcs[i],
-                                     info_bytes, deadline)
-                   for i, (_node, address) in enumerate(placement.targets)]
-        for future in futures:
-            future.result()
+        if len(placement.targets) == 1:  # one target (2 nodes): no hand-off to the pool
+            self.agents.put_shard(placement.targets[0][1], blob.blob_id, 0, blob.step, shards[0], crcs[0],
+                                  info_bytes, deadline)
+        else:
+            futures = [self._pool.submit(self.agents.put_shard, address, blob.blob_id, i, blob.step, shards[i],
+                                         crcs[i], info_bytes, deadline)
+                       for i, (_node, address) in enumerate(placement.targets)]
+            for future in futures:
+                future.result()
+        # the coordinator answers once the step is committed (every rank's blob placed): one call, and
+        # the training loop learns of the commit without asking
         ack = self.report(pb.SnapshotReport(trainer_uid=self.trainer_uid, generation=blob.generation,
                                             rank=placement.rank, step=blob.step, blob=info,
-                                            snapshot_duration_s=time.monotonic() - job.started))
+                                            snapshot_duration_s=time.monotonic() - job.started,
+                                            wait_commit_s=COMMIT_WAIT_S if self.await_commit is not None else 0.0))
         if not ack.accepted:
             job.error = f"coordinator refused the snapshot of step {blob.step} (generation moved to {ack.current_generation})"
+        elif ack.last_committed_step >= blob.step:
+            job.committed = True
+        elif self.await_commit is not None:
+            try:
+                job.committed = self.await_commit(blob.step, blob.generation)
+            except Exception as error:  # the blob is stored; the training loop asks the coordinator itself
+                log.debug("commit of step %d not confirmed by the worker: %s", blob.step, error)
 
     # -- restore -----------------------------------------------------------------------------
     def fetch(self, info: pb.BlobInfo, live_nodes: set[str] | None = None) -> np.ndarray:
@@ -267,6 +309,8 @@ class SnapshotEngine:
                                     f"{describe_rpc_error(error, 'agent ' + shard.node_id)[:160]}")
                 except ShardCorrupted as error:  # bad checksum: an erasure too
                     problems.append(f"shard {shard.index} on {shard.node_id}: {error}")
+                except OSError as error:  # data plane: refused, unreachable, timed out: an erasure
+                    problems.append(f"shard {shard.index} on {shard.node_id}: {str(error)[:160]}")
         if len(got) < k:
             raise SnapshotLost(f"blob {info.blob_id} (step {info.step}, rank {info.producer_rank}): only {len(got)} of "
                                f"the {k} shards needed could be read; " + "; ".join(problems))

@@ -1,4 +1,9 @@
-"""Bulk shard movement between trainers and agents: streamed multi-MiB chunks over gRPC."""
+"""Bulk shard movement between trainers and agents.
+
+Shards go over each agent's shard data plane (raw TCP, ``ftrain.snapshot.dataplane``) when the
+agent advertises one in Ping, and as streamed multi-MiB gRPC chunks otherwise (or with
+FTRAIN_SHARD_TRANSPORT=grpc). Either way a shard is checked against its CRC on arrival.
+"""
 from __future__ import annotations
 
 import threading
@@ -9,6 +14,7 @@ import numpy as np
 
 from ftrain.proto.ftrain.v1 import agent_pb2 as apb, agent_pb2_grpc
 from ftrain.rpc import CHUNK_BYTES, open_channel, token_metadata
+from ftrain.snapshot import dataplane
 from ftrain.snapshot.erasure import shard_checksum
 
 
@@ -24,6 +30,27 @@ class AgentPool:
         self.job_id = job_id
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, agent_pb2_grpc.AgentStub]] = {}
+        self._use_data_plane = dataplane.transport() == "tcp"
+        self._data_addresses: dict[str, str] = {}  # agent gRPC address -> its data plane address ("" = none)
+        self.data = dataplane.DataPlaneClient(token, job_id)
+
+    def data_address(self, address: str, timeout: float) -> str:
+        """The agent's data plane address, asked once (Ping) and remembered; '' when it has none."""
+        if not self._use_data_plane:
+            return ""
+        with self._lock:
+            known = self._data_addresses.get(address)
+        if known is None:
+            reply = self.stub(address).Ping(apb.PingRequest(), timeout=min(timeout, 10.0), metadata=self.metadata)
+            known = reply.data_address
+            with self._lock:
+                self._data_addresses[address] = known
+        return known
+
+    def forget(self, address: str) -> None:
+        """Drops what is known about an agent (its data port may have changed after a restart)."""
+        with self._lock:
+            self._data_addresses.pop(address, None)
 
     def stub(self, address: str) -> agent_pb2_grpc.AgentStub:
         with self._lock:
@@ -34,6 +61,14 @@ class AgentPool:
 
     def put_shard(self, address: str, blob_id: str, index: int, step: int, data: np.ndarray, crc32: int,
                   blob_info: bytes = b"", timeout: float = 60.0) -> None:
+        data_address = self.data_address(address, timeout)
+        if data_address:
+            try:
+                self.data.put(data_address, blob_id, index, step, data, crc32, blob_info, timeout)
+            except ConnectionRefusedError:
+                self.forget(address)
+                raise
+            return
         view = memoryview(np.ascontiguousarray(data)).cast("B")
         total = len(view)
 
@@ -51,6 +86,16 @@ class AgentPool:
         self.stub(address).PutShard(chunks(), timeout=timeout, metadata=self.metadata)
 
     def get_shard(self, address: str, blob_id: str, index: int, expected_crc: int, timeout: float = 60.0) -> np.ndarray:
+        data_address = self.data_address(address, timeout)
+        if data_address:
+            try:
+                buffer, _held_crc = self.data.get(data_address, blob_id, index, timeout)
+            except ConnectionRefusedError:
+                self.forget(address)
+                raise
+            if shard_checksum(buffer) != expected_crc:
+                raise ShardCorrupted(f"shard {blob_id}#{index} from {address} failed its checksum")
+            return buffer
         buffer: np.ndarray | None = None
         for chunk in self.stub(address).GetShard(apb.GetShardRequest(job_id=self.job_id, blob_id=blob_id, index=index),
                                                  timeout=timeout, metadata=self.metadata):
@@ -72,3 +117,4 @@ class AgentPool:
             for channel, _ in self._stubs.values():
                 channel.close()
             self._stubs.clear()
+        self.data.close()

@@ -131,7 +131,7 @@ class Session:
             self.client = CoordinatorClient(self.env, connect_timeout_s=timeout)
             self.agents = AgentPool(self.env.token, self.env.job_id)
             self.engine = SnapshotEngine(self.env.job_id, self.trainer_uid, self.env.node_id, self.agents,
-                                         self._report_snapshot)
+                                         self._report_snapshot, self._await_commit)
             self.reporter = metrics.TrainerReporter(os.environ.get("FTRAIN_AGENT_ADDRESS", ""), self.env.token,
                                                     self.env.job_id, self.env.local_rank)
         self._store: Any = None
@@ -305,7 +305,11 @@ class Session:
         if error:
             raise _StepFailed(f"previous snapshot not stored: {error}")
         if self._last_capture is not None and self._committed_step < self._last_capture:
-            self._wait_committed(self._last_capture)
+            if self.engine.previous_committed() == self._last_capture:  # the worker saw the commit
+                self._committed_step = self._last_capture
+                self.engine.keep_only(self._committed_step)
+            else:
+                self._wait_committed(self._last_capture)
         named, opt_meta = self._replicated()
         layout = lay.build_layout(named)
         if len(self._report_extras) > 64:  # reports of failed captures never come
@@ -333,6 +337,16 @@ class Session:
     def _report_state(self) -> None:
         self.reporter.state(rank=self.rank, generation=self.generation, world_size=self.world_size, step=self.step,
                             committed_step=self._committed_step)
+
+    def _await_commit(self, step: int, generation: int) -> bool:
+        """Snapshot worker thread: waits until `step` is committed; False if the generation moved."""
+        while True:
+            reply = self.client.call("WaitCommitted", pb.WaitCommittedRequest(step=step, generation=generation,
+                                                                               wait_s=20.0), timeout=30.0)
+            if reply.committed:
+                return True
+            if reply.current_generation != generation:
+                return False
 
     def _wait_committed(self, step: int) -> None:
         while True:

@@ -67,16 +67,54 @@ class PingRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PingResponse(_message.Message):
-    __slots__ = ("node_id", "job_id", "shard_count", "shard_bytes")
+    __slots__ = ("node_id", "job_id", "shard_count", "shard_bytes", "data_address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     SHARD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     job_id: str
     shard_count: int
     shard_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., job_id: _Optional[str] = ..., shard_count: _Optional[int] = ..., shard_bytes: _Optional[int] = ...) -> None: ...
+    data_address: str
+    def __init__(self, node_id: _Optional[str] = ..., job_id: _Optional[str] = ..., shard_count: _Optional[int] = ..., shard_bytes: _Optional[int] = ..., data_address: _Optional[str] = ...) -> None: ...
+
+class DataRequest(_message.Message):
+    __slots__ = ("token", "job_id", "op", "blob_id", "index", "step", "total_len", "crc32", "blob_info")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LEN_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    BLOB_INFO_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    job_id: str
+    op: int
+    blob_id: str
+    index: int
+    step: int
+    total_len: int
+    crc32: int
+    blob_info: bytes
+    def __init__(self, token: _Optional[str] = ..., job_id: _Optional[str] = ..., op: _Optional[int] = ..., blob_id: _Optional[str] = ..., index: _Optional[int] = ..., step: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., blob_info: _Optional[bytes] = ...) -> None: ...
+
+class DataReply(_message.Message):
+    __slots__ = ("code", "message", "total_len", "crc32", "step")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LEN_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    total_len: int
+    crc32: int
+    step: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
 class TrainerMetrics(_message.Message):
     __slots__ = ("job_id", "local_rank", "rank", "generation", "world_size", "step", "committed_step", "step_duration_s", "stall_s", "snapshot_duration_s", "snapshot_bytes", "encode_bytes")

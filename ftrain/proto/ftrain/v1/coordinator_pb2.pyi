@@ -251,7 +251,7 @@ class FailureReport(_message.Message):
     def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SnapshotReport(_message.Message):
-    __slots__ = ("trainer_uid", "generation", "rank", "step", "blob", "compute_time_s", "stall_s", "snapshot_duration_s", "steps_covered")
+    __slots__ = ("trainer_uid", "generation", "rank", "step", "blob", "compute_time_s", "stall_s", "snapshot_duration_s", "steps_covered", "wait_commit_s")
     TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +261,7 @@ class SnapshotReport(_message.Message):
     STALL_S_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     STEPS_COVERED_FIELD_NUMBER: _ClassVar[int]
+    WAIT_COMMIT_S_FIELD_NUMBER: _ClassVar[int]
     trainer_uid: str
     generation: int
     rank: int
@@ -270,7 +271,8 @@ class SnapshotReport(_message.Message):
     stall_s: float
     snapshot_duration_s: float
     steps_covered: int
-    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., compute_time_s: _Optional[float] = ..., stall_s: _Optional[float] = ..., snapshot_duration_s: _Optional[float] = ..., steps_covered: _Optional[int] = ...) -> None: ...
+    wait_commit_s: float
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., compute_time_s: _Optional[float] = ..., stall_s: _Optional[float] = ..., snapshot_duration_s: _Optional[float] = ..., steps_covered: _Optional[int] = ..., wait_commit_s: _Optional[float] = ...) -> None: ...
 
 class SnapshotAck(_message.Message):
     __slots__ = ("accepted", "current_generation", "last_committed_step")
