@@ -5,7 +5,12 @@ Every configuration is a real `ftrain launch --nodes N` job of the examples' tra
 figure is the median step time of rank 0 after warm-up. Ratios are to the run without
 snapshots ("off": one snapshot at the start and one at the end only).
 
-Run: python benchmarks/snapshot.py [--nodes 2] [--steps 60] [--rounds 2] [--dim 256]
+Separate jobs differ by several percent on a shared machine even with the same settings, so
+every round also runs one job that alternates blocks of `--ab-block` steps with a snapshot every
+step and blocks without snapshots (snapshot_job.py --ab-block): its on/off ratio compares the
+two in the same processes at the same time. Its median over rounds is the headline figure.
+
+Run: python benchmarks/snapshot.py [--nodes 2] [--steps 60] [--rounds 2] [--dim 256] [--ab-block 10]
 """
 from __future__ import annotations
 
@@ -29,11 +34,12 @@ CONFIGS = [  # (label, --snapshot-every, job mode, extra environment)
 ]
 
 
-def run(label: str, every: int, mode: str, env: dict[str, str], args: argparse.Namespace, workdir: Path) -> dict:
+def run(label: str, every: int, mode: str, env: dict[str, str], args: argparse.Namespace, workdir: Path,
+        extra: tuple[str, ...] = ()) -> dict:
     out = workdir / f"{label.replace(' ', '_')}.json"
     cmd = [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.nodes), "--snapshot-every", str(every),
            "--job-id", "bench-snapshot", "--", str(REPO / "benchmarks" / "snapshot_job.py"), "--mode", mode,
-           "--steps", str(args.steps), "--dim", str(args.dim), "--out", str(out)]
+           "--steps", str(args.steps), "--dim", str(args.dim), "--out", str(out), *extra]
     result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", **env), capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise SystemExit(f"{label}: job failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -46,15 +52,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--ab-block", type=int, default=10, help="steps per block of the interleaved job")
     args = parser.parse_args()
     samples: dict[str, list[float]] = {label: [] for label, *_ in CONFIGS}
     info: dict[str, dict] = {}
+    ab_ratios: list[float] = []
+    ab_steps = max(args.steps * 2, 8 * args.ab_block)
     with tempfile.TemporaryDirectory(prefix="ftrain-snapbench-") as tmp:
         for _ in range(args.rounds):
             for label, every, mode, env in CONFIGS:
                 result = run(label, every, mode, env, args, Path(tmp))
                 samples[label].append(result["median_step_s"])
                 info[label] = result
+            ab = run("interleaved", 1, "ftrain", {}, argparse.Namespace(**{**vars(args), "steps": ab_steps}),
+                     Path(tmp), ("--ab-block", str(args.ab_block)))
+            ab_ratios.append(ab["median_step_on_s"] / ab["median_step_off_s"])
     base = statistics.median(samples["off"])
     params = info["off"]["params"]
     print(f"transformer: {params / 1e6:.2f} M parameters (model + AdamW state = {params * 12 / 2**20:.0f} MiB), "
@@ -63,6 +75,8 @@ def main() -> None:
     for label, *_ in CONFIGS:
         value = statistics.median(samples[label])
         print(f"{label:32}{value * 1000:>10.1f}{value / base:>7.3f}x")
+    print(f"interleaved in one job ({ab_steps} steps, blocks of {args.ab_block}): every step / off = "
+          f"{statistics.median(ab_ratios):.3f}x (rounds: {', '.join(f'{r:.3f}' for r in ab_ratios)})")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 --mode ftrain: ftrain's in-memory snapshots (frequency set by `ftrain launch --snapshot-every`)
 --mode torch-save: additionally rank 0 torch.save()s model+optimizer to a local file every step
 --mode dcp-async: additionally torch.distributed.checkpoint.async_save every step (rank 0)
+--ab-block B (with --mode ftrain and --snapshot-every 1): alternate B steps with a snapshot every
+step and B steps without one (by setting `session.snapshot_every`), so both are measured in the
+same processes at the same time; the first 2 steps of each block are left out (the previous
+block's last snapshot may still be shipping).
 Rank 0 writes the median step time (seconds) to --out as JSON.
 """
 import argparse
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--ab-block", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -39,13 +44,19 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     session = ftrain.init(model, optimizer, dataset=dataset, batch_size=args.batch_size, seed=0)
     times, pending = [], None
+    ab_times: dict[bool, list[float]] = {True: [], False: []}
+    every = session.snapshot_every
     with tempfile.TemporaryDirectory(prefix="ftrain-snapbench-") as tmp:
         began = None
         for step, (inputs, targets) in session.steps(args.steps):
             now = time.perf_counter()
             if began is not None and step > args.warmup:
                 times.append(now - began)
+                if args.ab_block and (step - 1) % args.ab_block >= 2:  # the step just timed, off its block's start
+                    ab_times[((step - 1) // args.ab_block) % 2 == 0].append(now - began)
             began = now
+            if args.ab_block:  # blocks alternate: even blocks snapshot every step, odd blocks none
+                session.snapshot_every = every if (step // args.ab_block) % 2 == 0 else 10**9
             logits = session.model(inputs)
             loss = nn.functional.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1))
             loss.backward()
@@ -64,7 +75,9 @@ def main() -> None:
             pending.result()
     if session.rank == 0:
         params = sum(p.numel() for p in model.parameters())
-        Path(args.out).write_text(json.dumps({"median_step_s": statistics.median(times), "params": params,
+        ab = {f"median_step_{'on' if on else 'off'}_s": statistics.median(values) for on, values in ab_times.items()
+              if values}
+        Path(args.out).write_text(json.dumps({"median_step_s": statistics.median(times), "params": params, **ab,
                                               "stall_s": session.stats["stall_s"], "captures": session.stats["captures"]}))
     session.finish()
 

@@ -65,6 +65,7 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     error: str = ""
     committed: bool = False  # the coordinator committed this step (known by the worker)
+    header: tuple[int, bytes] | None = None  # (payload length, meta) until the blob's header is written
     started: float = field(default_factory=time.monotonic)
 
 
@@ -178,19 +179,32 @@ class SnapshotEngine:
             self.copy_done = copy_done
         else:
             lay.copy_slice(tensors, layout, start, end, out)
-        lay.write_header(buffer, end - start, meta_bytes)
-        buffer[size:] = 0
         blob = LocalBlob(f"s{step}-g{placement.generation}-r{placement.rank}", step, placement.generation,
                          buffer, size, slot)
+        job = _Job(blob, copy_done=copy_done, header=(end - start, meta_bytes))
+        if copy_done is None or self.report is None:
+            self._finish_blob(job)  # GPU without a worker: waits for the copy here
         for old in [s for s in self.blobs if s != keep_step]:
             del self.blobs[old]
         self.blobs[step] = blob
         if self.report is not None:
-            job = _Job(blob, copy_done=copy_done)
             self._last_job = job
             self._ensure_worker()
             self._queue.put(job)
         return blob
+
+    @staticmethod
+    def _finish_blob(job: _Job) -> None:
+        """Header (with the CRC of the copied bytes) and zero padding, once the copy-out is complete:
+        at once for CPU state, in the worker after the side-stream copy for GPU state."""
+        if job.header is None:
+            return
+        if job.copy_done is not None:
+            job.copy_done.synchronize()  # blocks the calling (worker) thread only, never the training loop
+        payload_len, meta_bytes = job.header
+        lay.write_header(job.blob.buffer, payload_len, meta_bytes)
+        job.blob.buffer[job.blob.size:] = 0
+        job.header = None
 
     def keep_only(self, step: int | None) -> None:
         for old in [s for s in self.blobs if s != step]:
@@ -224,8 +238,7 @@ class SnapshotEngine:
         placement = self.placement
         blob = job.blob
         assert placement is not None and self.agents is not None and self.report is not None
-        if job.copy_done is not None:
-            job.copy_done.synchronize()  # blocks this worker thread only, never the training loop
+        self._finish_blob(job)  # GPU state: after the side-stream copy (the header's CRC reads the bytes)
         k, m = max(placement.k, 1), placement.m
         if self.compression == "zstd":
             packed = compress.compress(blob.buffer[:blob.size])
