@@ -212,3 +212,32 @@ def test_grpc_get_and_data_plane_get_see_the_same_store() -> None:
         assert store.get("s1", 1).readers == 0  # released after streaming
     finally:
         grpc_server.stop(0)
+
+
+def test_connections_beyond_the_cap_are_refused_without_a_thread() -> None:
+    import time
+
+    server = ShardDataServer(ShardStore(), TOKEN, lambda: JOB, max_connections=2).start()
+    host, port = dp.split_address(server.address)
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while len(server._connections) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        get = dp.encode_frame(apb.DataRequest(token=TOKEN, job_id=JOB, op=dp.OP_GET, blob_id="s1"))
+        reply = reply_of(raw_request(server.address, get))
+        assert reply.code == dp.RESOURCE_EXHAUSTED and "at most 2" in reply.message
+        idle.pop().close()  # a slot frees up once the server sees the close
+        data = payload(4096)
+        while True:
+            try:
+                dp.DataPlaneClient(TOKEN, JOB).put(server.address, "s1", 0, 1, data, shard_checksum(data))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the freed connection slot was never reused"
+                time.sleep(0.05)
+        assert server.store.get("s1", 0) is not None
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()

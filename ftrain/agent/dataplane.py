@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -22,13 +23,15 @@ from ftrain.snapshot.erasure import shard_checksum
 
 log = logging.getLogger("ftrain.agent.dataplane")
 IDLE_TIMEOUT_S = 600.0      # a connection with no request for this long is closed
+MAX_CONNECTIONS = 256       # more at once are refused (RESOURCE_EXHAUSTED): one thread serves each
 TRANSFER_TIMEOUT_S = 120.0  # a put's bytes must arrive within this
 
 
 class ShardDataServer:
     def __init__(self, store: ShardStore, token: str, job_id: Callable[[], str], host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, max_connections: int = MAX_CONNECTIONS) -> None:
         self.store = store
+        self.max_connections = max_connections
         self._token = token.encode()
         self._job_id = job_id
         self._ssl = dp.server_ssl_context()
@@ -39,6 +42,7 @@ class ShardDataServer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()
+        self._refused: "queue.Queue[socket.socket | None]" = queue.Queue(maxsize=64)
         self._lock = threading.Lock()
 
     @property
@@ -46,13 +50,18 @@ class ShardDataServer:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def start(self) -> "ShardDataServer":
-        thread = threading.Thread(target=self._accept_loop, name="ftrain-data-accept", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        for target, name in ((self._accept_loop, "ftrain-data-accept"), (self._refuse_loop, "ftrain-data-refuse")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            self._refused.put_nowait(None)
+        except queue.Full:
+            pass
         try:  # shutdown wakes the thread blocked in accept(); close alone would leave the port bound
             self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -72,12 +81,32 @@ class ShardDataServer:
                 conn, _peer = self._listener.accept()
             except OSError:
                 return  # closed by stop()
+            with self._lock:
+                full = len(self._connections) >= self.max_connections
+                if not full:
+                    self._connections.add(conn)
+            if full:  # answered by the one refuser thread: a flood of connections cannot exhaust threads
+                try:
+                    self._refused.put_nowait(conn)
+                except queue.Full:
+                    conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="ftrain-data-conn", daemon=True).start()
+
+    def _refuse_loop(self) -> None:
+        while not self._stop.is_set():
+            conn = self._refused.get()
+            if conn is None:
+                return
+            conn.settimeout(1.0)
+            self._reply(conn, dp.RESOURCE_EXHAUSTED, f"this agent serves at most {self.max_connections} "
+                                                     "data plane connections at once; retry later")
+            self._drain(conn, limit_s=0.5)
+            conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         lower_thread_priority()  # shard traffic yields the CPU to this node's trainers
-        with self._lock:
-            self._connections.add(conn)
+        accepted = conn
         try:
             dp.tune_socket(conn)
             if self._ssl is not None:
@@ -101,7 +130,7 @@ class ShardDataServer:
                 log.debug("data plane connection ended: %s", error)
         finally:
             with self._lock:
-                self._connections.discard(conn)
+                self._connections.discard(accepted)
             conn.close()
 
     @staticmethod

@@ -338,26 +338,24 @@ class Session:
         self.reporter.state(rank=self.rank, generation=self.generation, world_size=self.world_size, step=self.step,
                             committed_step=self._committed_step)
 
-    def _await_commit(self, step: int, generation: int) -> bool:
-        """Snapshot worker thread: waits until `step` is committed; False if the generation moved."""
+    def _commit_reply(self, step: int, generation: int) -> pb.WaitCommittedResponse:
+        """Long-polls until `step` is committed or the generation moves on."""
         while True:
             reply = self.client.call("WaitCommitted", pb.WaitCommittedRequest(step=step, generation=generation,
                                                                                wait_s=20.0), timeout=30.0)
-            if reply.committed:
-                return True
-            if reply.current_generation != generation:
-                return False
+            if reply.committed or reply.current_generation != generation:
+                return reply
+
+    def _await_commit(self, step: int, generation: int) -> bool:
+        """Snapshot worker thread: waits until `step` is committed; False if the generation moved."""
+        return self._commit_reply(step, generation).committed
 
     def _wait_committed(self, step: int) -> None:
-        while True:
-            reply = self.client.call("WaitCommitted", pb.WaitCommittedRequest(step=step, generation=self.generation,
-                                                                               wait_s=20.0), timeout=30.0)
-            if reply.committed:
-                self._committed_step = max(self._committed_step, step)
-                self.engine.keep_only(self._committed_step)
-                return
-            if reply.current_generation != self.generation:
-                raise _StepFailed(f"generation moved to {reply.current_generation} before step {step} committed")
+        reply = self._commit_reply(step, self.generation)
+        if not reply.committed:
+            raise _StepFailed(f"generation moved to {reply.current_generation} before step {step} committed")
+        self._committed_step = max(self._committed_step, step)
+        self.engine.keep_only(self._committed_step)
 
     def _capture_and_wait(self) -> None:
         self._capture()
