@@ -15,11 +15,9 @@ import threading
 import time
 from typing import Callable
 
-from ftrain.agent.store import MAX_SHARD_BYTES, ShardStore
+from ftrain.agent.store import ShardStore, job_problem, shard_size_problem
 from ftrain.proto.ftrain.v1 import agent_pb2 as apb
 from ftrain.snapshot import dataplane as dp
-from ftrain.snapshot.capture import lower_thread_priority
-from ftrain.snapshot.erasure import shard_checksum
 
 log = logging.getLogger("ftrain.agent.dataplane")
 IDLE_TIMEOUT_S = 600.0      # a connection with no request for this long is closed
@@ -34,7 +32,7 @@ class ShardDataServer:
         self.max_connections = max_connections
         self._token = token.encode()
         self._job_id = job_id
-        self._ssl = dp.server_ssl_context()
+        self._ssl = dp.ssl_context(server_side=True)
         self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                               backlog=128)
         self.host = host
@@ -105,7 +103,7 @@ class ShardDataServer:
             conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
-        lower_thread_priority()  # shard traffic yields the CPU to this node's trainers
+        dp.lower_thread_priority()  # shard traffic yields the CPU to this node's trainers
         accepted = conn
         try:
             dp.tune_socket(conn)
@@ -161,9 +159,9 @@ class ShardDataServer:
         if not hmac.compare_digest(request.token.encode(), self._token):
             self._reply(conn, dp.UNAUTHENTICATED, "missing or wrong job token; start trainers with the job's FTRAIN_TOKEN")
             return False
-        job_id = self._job_id()
-        if request.job_id != job_id:
-            self._reply(conn, dp.PERMISSION_DENIED, f"this agent serves job {job_id!r}, not {request.job_id!r}")
+        foreign = job_problem(self._job_id(), request.job_id)
+        if foreign:
+            self._reply(conn, dp.PERMISSION_DENIED, foreign)
             return False
         if request.op == dp.OP_PUT:
             return self._put(conn, request)
@@ -173,9 +171,9 @@ class ShardDataServer:
         return False
 
     def _put(self, conn: socket.socket, request: apb.DataRequest) -> bool:
-        if request.total_len > MAX_SHARD_BYTES:
-            self._reply(conn, dp.INVALID_ARGUMENT, f"shard of {request.total_len} bytes is over the "
-                                                   f"{MAX_SHARD_BYTES}-byte limit")
+        too_big = shard_size_problem(request.total_len)
+        if too_big:
+            self._reply(conn, dp.INVALID_ARGUMENT, too_big)
             return False
         buffer = self.store.take_buffer(request.total_len)
         try:
@@ -183,12 +181,12 @@ class ShardDataServer:
         except BaseException:
             self.store.give_back(buffer)
             raise
-        if shard_checksum(buffer) != request.crc32:
-            self.store.give_back(buffer)
-            self._reply(conn, dp.DATA_LOSS, f"shard {request.blob_id}#{request.index} arrived corrupted (crc mismatch)")
-            return True
-        self.store.put(request.blob_id, request.index, request.step, buffer, request.crc32, request.blob_info)
-        self._reply(conn, dp.OK, total_len=len(buffer))
+        corrupted = self.store.put_checked(request.blob_id, request.index, request.step, buffer, request.crc32,
+                                           request.blob_info)
+        if corrupted:
+            self._reply(conn, dp.DATA_LOSS, corrupted)
+        else:
+            self._reply(conn, dp.OK, total_len=len(buffer))
         return True
 
     def _get(self, conn: socket.socket, request: apb.DataRequest) -> bool:

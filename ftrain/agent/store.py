@@ -19,6 +19,16 @@ from ftrain.snapshot.erasure import shard_checksum
 MAX_SHARD_BYTES = 64 * 1024 * 1024 * 1024
 
 
+def shard_size_problem(total_len: int) -> str:
+    """Why a shard of `total_len` bytes is refused ('' when it is not): one rule for every transport."""
+    return f"shard of {total_len} bytes is over the {MAX_SHARD_BYTES}-byte limit" if total_len > MAX_SHARD_BYTES else ""
+
+
+def job_problem(served: str, requested: str) -> str:
+    """Why a request naming job `requested` is refused by an agent of job `served` ('' when it is not)."""
+    return f"this agent serves job {served!r}, not {requested!r}" if requested != served else ""
+
+
 SPARE_BUFFERS = 8  # evicted shard buffers kept for reuse (per-step snapshots reuse the same sizes)
 
 
@@ -76,6 +86,16 @@ class ShardStore:
                 self._evict((blob_id, index))
             self._shards[(blob_id, index)] = StoredShard(step, data, crc32, blob_info)
 
+    def put_checked(self, blob_id: str, index: int, step: int, data: bytearray, crc32: int,
+                    blob_info: bytes = b"") -> str:
+        """Stores a received shard if it matches its CRC. Returns '' or why it was refused (the
+        buffer then goes back for reuse)."""
+        if shard_checksum(data) != crc32:
+            self.give_back(data)
+            return f"shard {blob_id}#{index} arrived corrupted (crc mismatch)"
+        self.put(blob_id, index, step, data, crc32, blob_info)
+        return ""
+
     def acquire(self, blob_id: str, index: int) -> StoredShard | None:
         """The shard, pinned against buffer reuse until :meth:`release` (for streaming it out)."""
         with self._lock:
@@ -129,9 +149,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.data_address = data_address  # the agent's shard data plane (ftrain.agent.dataplane), if any
 
     def _check_job(self, job_id: str, context: grpc.ServicerContext) -> None:
-        if job_id != self.job_id:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"this agent serves job {self.job_id!r}, not {job_id!r}")
+        problem = job_problem(self.job_id, job_id)
+        if problem:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
 
     def PutShard(self, request_iterator: Iterator[apb.ShardChunk], context: grpc.ServicerContext) -> apb.PutShardResponse:
         buffer: bytearray | None = None
@@ -139,8 +159,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         for chunk in request_iterator:
             if first is None:
                 self._check_job(chunk.job_id, context)
-                if chunk.total_len > MAX_SHARD_BYTES:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard of {chunk.total_len} bytes is over the limit")
+                too_big = shard_size_problem(chunk.total_len)
+                if too_big:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, too_big)
                 first = chunk
                 buffer = self.store.take_buffer(chunk.total_len)
             end = chunk.offset + len(chunk.data)
@@ -150,9 +171,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             buffer[chunk.offset:end] = chunk.data  # type: ignore[index]
         if first is None or buffer is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty shard stream")
-        if shard_checksum(buffer) != first.crc32:  # type: ignore[union-attr]
-            context.abort(grpc.StatusCode.DATA_LOSS, f"shard {first.blob_id}#{first.index} arrived corrupted (crc mismatch)")  # type: ignore[union-attr]
-        self.store.put(first.blob_id, first.index, first.step, buffer, first.crc32, first.blob_info)  # type: ignore[union-attr]
+        corrupted = self.store.put_checked(first.blob_id, first.index, first.step, buffer, first.crc32,  # type: ignore[union-attr]
+                                           first.blob_info)  # type: ignore[union-attr]
+        if corrupted:
+            context.abort(grpc.StatusCode.DATA_LOSS, corrupted)
         return apb.PutShardResponse(ok=True, bytes=len(buffer))
 
     def GetShard(self, request: apb.GetShardRequest, context: grpc.ServicerContext) -> Iterator[apb.ShardChunk]:

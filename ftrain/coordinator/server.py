@@ -506,10 +506,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     s.record_compute(request.rank, request.step, request.compute_time_s, request.steps_covered or 1)
                 if s.catalog.record(request.generation, record):
                     self._committed(request.step)
-                deadline = time.monotonic() + min(request.wait_commit_s, 60.0)
-                while (s.catalog.newest_committed < request.step and s.membership.number == request.generation
-                       and s.job_state == "running" and time.monotonic() < deadline and context.is_active()):
-                    s.cond.wait(min(deadline - time.monotonic(), 0.5))
+                self._wait_commit(request.step, request.generation, min(request.wait_commit_s, 60.0), context)
             return pb.SnapshotAck(accepted=accepted, current_generation=s.membership.number,
                                   last_committed_step=s.catalog.newest_committed)
 
@@ -535,16 +532,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def WaitCommitted(self, request: pb.WaitCommittedRequest, context: grpc.ServicerContext) -> pb.WaitCommittedResponse:
         s = self.s
-        deadline = time.monotonic() + min(max(request.wait_s, 0.1), 60.0)
         with s.cond:
-            while True:
-                committed = s.catalog.newest_committed >= request.step
-                moved = s.membership.number != request.generation or s.job_state != "running"
-                if committed or moved or time.monotonic() >= deadline or not context.is_active():
-                    return pb.WaitCommittedResponse(committed=committed, current_generation=s.membership.number
-                                                    if s.job_state == "running" else -1,
-                                                    last_committed_step=s.catalog.newest_committed)
-                s.cond.wait(min(deadline - time.monotonic(), 0.5))
+            self._wait_commit(request.step, request.generation, min(max(request.wait_s, 0.1), 60.0), context)
+            return pb.WaitCommittedResponse(committed=s.catalog.newest_committed >= request.step,
+                                            current_generation=s.membership.number if s.job_state == "running" else -1,
+                                            last_committed_step=s.catalog.newest_committed)
+
+    def _wait_commit(self, step: int, generation: int, wait_s: float, context: grpc.ServicerContext) -> None:
+        """With the state's lock held: waits until `step` is committed, the generation moves, the job
+        ends, `wait_s` pass or the caller goes away."""
+        s = self.s
+        deadline = time.monotonic() + wait_s
+        while (s.catalog.newest_committed < step and s.membership.number == generation and s.job_state == "running"
+               and time.monotonic() < deadline and context.is_active()):
+            s.cond.wait(min(deadline - time.monotonic(), 0.5))
 
     def ReportProgress(self, request: pb.ProgressReport, context: grpc.ServicerContext) -> pb.Ack:
         with self.s.cond:

@@ -9,7 +9,6 @@ good shards (checksums turn corrupted shards into erasures) and decode.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,21 +26,11 @@ from ftrain.snapshot import compress
 from ftrain.snapshot import layout as lay
 from ftrain.snapshot.erasure import NotEnoughShardsError, ReedSolomon, join_blob, shard_checksum, shard_length
 from ftrain.snapshot.placement import effective_code, place_blobs
+from ftrain.snapshot.dataplane import lower_thread_priority
 from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
 
 log = logging.getLogger("ftrain.snapshot")
 COMMIT_WAIT_S = 20.0  # how long a snapshot report may wait at the coordinator for the step's commit
-
-
-def lower_thread_priority() -> None:
-    """Snapshot work yields the CPU to training: raises this thread's nice value (threads it
-    starts inherit it) to FTRAIN_SNAPSHOT_NICE (default 19; 0 leaves it alone)."""
-    nice = int(os.environ.get("FTRAIN_SNAPSHOT_NICE", "19"))
-    if nice > 0 and hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError as error:  # pragma: no cover - not permitted in this sandbox
-            log.debug("cannot lower the snapshot thread's priority: %s", error)
 
 
 class SnapshotLost(RuntimeError):

@@ -15,6 +15,7 @@ client; the agent's server is ``ftrain.agent.dataplane``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -36,6 +37,7 @@ CODE_NAMES = {OK: "OK", INVALID_ARGUMENT: "INVALID_ARGUMENT", NOT_FOUND: "NOT_FO
               PERMISSION_DENIED: "PERMISSION_DENIED", RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
               DATA_LOSS: "DATA_LOSS", UNAUTHENTICATED: "UNAUTHENTICATED"}
 ENV_TRANSPORT = "FTRAIN_SHARD_TRANSPORT"  # "tcp" (default) or "grpc" (PutShard/GetShard streams only)
+log = logging.getLogger("ftrain.snapshot.dataplane")
 
 
 class FrameError(OSError):
@@ -52,6 +54,17 @@ class ShardTransferError(OSError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{CODE_NAMES.get(code, code)}: {message}")
         self.code = code
+
+
+def lower_thread_priority() -> None:
+    """Snapshot work yields the CPU to training: raises this thread's nice value (threads it
+    starts inherit it) to FTRAIN_SNAPSHOT_NICE (default 19; 0 leaves it alone)."""
+    nice = int(os.environ.get("FTRAIN_SNAPSHOT_NICE", "19"))
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as error:  # pragma: no cover - not permitted in this sandbox
+            log.debug("cannot lower the snapshot thread's priority: %s", error)
 
 
 def transport() -> str:
@@ -104,24 +117,17 @@ def read_frame(sock: socket.socket, kind: type, deadline: float | None = None): 
 
 
 # -- TLS --------------------------------------------------------------------------------------
-def server_ssl_context() -> ssl.SSLContext | None:
-    """mTLS for the data plane from the same FTRAIN_TLS_* files as gRPC (None: plain TCP)."""
+def ssl_context(server_side: bool) -> ssl.SSLContext | None:
+    """mTLS for the data plane from the same FTRAIN_TLS_* files as gRPC (None: plain TCP). Servers
+    require a client certificate; clients keep hostname checks on, as gRPC channels do."""
     if tls_from_env() is None:  # validates that all three are set and readable
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
     context.load_cert_chain(os.environ[ENV_TLS_CERT], os.environ[ENV_TLS_KEY])
     context.load_verify_locations(os.environ[ENV_TLS_CA])
-    context.verify_mode = ssl.CERT_REQUIRED
+    if server_side:
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-def client_ssl_context() -> ssl.SSLContext | None:
-    if tls_from_env() is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_cert_chain(os.environ[ENV_TLS_CERT], os.environ[ENV_TLS_KEY])
-    context.load_verify_locations(os.environ[ENV_TLS_CA])
-    return context  # check_hostname stays on, as for gRPC channels
 
 
 def tune_socket(sock: socket.socket) -> None:
@@ -146,7 +152,7 @@ class DataPlaneClient:
         self.job_id = job_id
         self._lock = threading.Lock()
         self._idle: dict[str, list[socket.socket]] = {}
-        self._ssl = client_ssl_context()
+        self._ssl = ssl_context(server_side=False)
 
     def _connect(self, address: str, timeout: float) -> socket.socket:
         host, port = split_address(address)

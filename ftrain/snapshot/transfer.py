@@ -87,23 +87,22 @@ class AgentPool:
 
     def get_shard(self, address: str, blob_id: str, index: int, expected_crc: int, timeout: float = 60.0) -> np.ndarray:
         data_address = self.data_address(address, timeout)
+        buffer: np.ndarray | None = None
         if data_address:
             try:
                 buffer, _held_crc = self.data.get(data_address, blob_id, index, timeout)
             except ConnectionRefusedError:
                 self.forget(address)
                 raise
-            if shard_checksum(buffer) != expected_crc:
-                raise ShardCorrupted(f"shard {blob_id}#{index} from {address} failed its checksum")
-            return buffer
-        buffer: np.ndarray | None = None
-        for chunk in self.stub(address).GetShard(apb.GetShardRequest(job_id=self.job_id, blob_id=blob_id, index=index),
-                                                 timeout=timeout, metadata=self.metadata):
+        else:
+            for chunk in self.stub(address).GetShard(apb.GetShardRequest(job_id=self.job_id, blob_id=blob_id,
+                                                                         index=index),
+                                                     timeout=timeout, metadata=self.metadata):
+                if buffer is None:
+                    buffer = np.empty(chunk.total_len, dtype=np.uint8)
+                buffer[chunk.offset:chunk.offset + len(chunk.data)] = np.frombuffer(chunk.data, dtype=np.uint8)
             if buffer is None:
-                buffer = np.empty(chunk.total_len, dtype=np.uint8)
-            buffer[chunk.offset:chunk.offset + len(chunk.data)] = np.frombuffer(chunk.data, dtype=np.uint8)
-        if buffer is None:
-            raise ShardCorrupted(f"shard {blob_id}#{index} from {address}: empty stream")
+                raise ShardCorrupted(f"shard {blob_id}#{index} from {address}: empty stream")
         if shard_checksum(buffer) != expected_crc:
             raise ShardCorrupted(f"shard {blob_id}#{index} from {address} failed its checksum")
         return buffer

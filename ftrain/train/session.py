@@ -30,7 +30,7 @@ from ftrain.snapshot import layout as lay
 from ftrain.snapshot.capture import LocalBlob, SnapshotEngine, SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
 from ftrain.train import collectives
-from ftrain.train.client import CoordinatorClient, JobFailed
+from ftrain.train.client import CoordinatorClient
 from ftrain.train.data import ElasticSampler, make_collate
 
 log = logging.getLogger("ftrain.session")

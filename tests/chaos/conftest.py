@@ -4,9 +4,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROWS: list[dict] = []
+
+
+def params_identical(expected: dict, final: dict) -> bool:
+    """Whether two ledger-job results (torch.load of --out) hold bit-identical parameters."""
+    return all(torch.equal(expected["params"][k], final["params"][k]) for k in expected["params"])
+
+
+def check_against_reference(directory: Path, fault: str, detect: float | None, recover: float | None) -> None:
+    """For cases that start their own processes: adds the row for `fault`, then requires that the
+    job moved past generation 0 and that final.pt equals the failure-free ref.pt in `directory`."""
+    final, reference = torch.load(directory / "final.pt"), torch.load(directory / "ref.pt")
+    identical = params_identical(reference, final)
+    ROWS.append({"fault": fault, "outcome": "completed", "detect": detect, "recover": recover, "lost": "-",
+                 "identical": "yes" if identical else "NO"})
+    assert final["generation"] >= 1
+    assert identical, "final parameters differ from the failure-free run"
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook

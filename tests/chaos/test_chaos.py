@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
-from chaos.conftest import ROWS
+from chaos.conftest import ROWS, params_identical
 from ftrain.snapshot.placement import place_blobs
 from ftrain.train.data import ElasticSampler
 from procs import SCRIPTS, new_job_id, run_ftrain
@@ -114,7 +113,7 @@ def test_fault(case: Case, tmp_path: Path, tmp_path_factory: pytest.TempPathFact
             return
         assert result.returncode == 0, result.stdout[-6000:]
         expected = reference(tmp_path_factory, case.nodes)
-        identical = all(torch.equal(expected["params"][k], final["params"][k]) for k in expected["params"])
+        identical = params_identical(expected, final)
         row["identical"] = "yes" if identical else "NO"
         assert identical, f"{case.name}: final parameters differ from the failure-free run"
         assert_exactly_once(final)

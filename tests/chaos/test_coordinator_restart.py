@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from chaos.conftest import ROWS
+from chaos.conftest import check_against_reference
 from procs import SCRIPTS, coordinator_status, free_port, new_job_id, run_ftrain, stop_processes
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,9 +69,4 @@ def test_coordinator_killed_and_restarted(tmp_path: Path) -> None:
     finally:
         stop_processes(processes, job)
         log.close()
-    final, reference = torch.load(tmp_path / "final.pt"), torch.load(tmp_path / "ref.pt")
-    identical = all(torch.equal(reference["params"][k], final["params"][k]) for k in reference["params"])
-    ROWS.append({"fault": "coordinator killed + restarted", "outcome": "completed", "detect": None,
-                 "recover": restarted, "lost": "-", "identical": "yes" if identical else "NO"})
-    assert final["generation"] >= 1
-    assert identical, "final parameters differ from the failure-free run"
+    check_against_reference(tmp_path, "coordinator killed + restarted", None, restarted)

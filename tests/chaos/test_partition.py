@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from chaos.conftest import ROWS
+from chaos.conftest import check_against_reference
 from procs import SCRIPTS, coordinator_status, new_job_id, run_ftrain, stop_processes
 
 pytestmark = pytest.mark.timeout(300)
@@ -137,9 +136,4 @@ def test_partitioned_node_is_replaced_and_the_job_stays_bit_identical(network: N
     finally:
         stop_processes(processes, job)
         log.close()
-    final, reference = torch.load(tmp_path / "final.pt"), torch.load(tmp_path / "ref.pt")
-    identical = all(torch.equal(reference["params"][k], final["params"][k]) for k in reference["params"])
-    ROWS.append({"fault": "network partition of one node", "outcome": "completed", "detect": detected,
-                 "recover": recovered, "lost": "-", "identical": "yes" if identical else "NO"})
-    assert final["generation"] >= 1
-    assert identical, "final parameters differ from the failure-free run"
+    check_against_reference(tmp_path, "network partition of one node", detected, recovered)
