@@ -12,12 +12,13 @@ from procs import SCRIPTS, new_job_id, run_ftrain
 pytestmark = pytest.mark.timeout(300)
 
 
-def launch(tmp_path: Path, name: str, nodes: int, steps: int, *extra: str) -> tuple[dict, list[dict]]:
+def launch(tmp_path: Path, name: str, nodes: int, steps: int, *extra: str,
+           job_args: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
     out, events = tmp_path / f"{name}.pt", tmp_path / f"{name}.events"
     job = new_job_id(name)
     result = run_ftrain(["launch", "--nodes", str(nodes), "--job-id", job, "--events-file", str(events), *extra,
-                         "--", str(SCRIPTS / "ledger_job.py"), "--steps", str(steps), "--out", str(out)], job,
-                        timeout=280)
+                         "--", str(SCRIPTS / "ledger_job.py"), "--steps", str(steps), "--out", str(out), *job_args],
+                        job, timeout=280)
     assert result.returncode == 0, result.stdout[-6000:]
     return torch.load(out), [json.loads(line) for line in events.read_text().splitlines()]
 
@@ -48,3 +49,13 @@ def test_slow_rank_is_flagged_and_rebalanced(tmp_path: Path) -> None:
 def test_no_straggler_flag_without_a_slow_rank(tmp_path: Path) -> None:
     _, events = launch(tmp_path, "healthy", 4, 140)
     assert not [e for e in events if e["kind"] in ("straggler", "rebalance", "evict")], events
+
+
+def test_steps_between_rare_snapshots_count_as_progress(tmp_path: Path) -> None:
+    """With --snapshot-every far above the steps run, the only snapshots are the first and the
+    last; the pulses' step numbers must keep the hang watchdog quiet (it once killed such jobs
+    every hang timeout and restarted them from step 0, forever)."""
+    result, events = launch(tmp_path, "rare", 2, 40, "--hang-timeout", "2", "--snapshot-every", "1000",
+                            job_args=("--step-sleep", "0.12"))
+    assert not [e for e in events if e["kind"] == "failure"], [(e["kind"], e["message"]) for e in events]
+    assert result["generation"] == 0

@@ -495,12 +495,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     s.stall_s = request.stall_s
                 if request.snapshot_duration_s:
                     s.metrics.snapshot_duration.observe(request.snapshot_duration_s)
-                previous = s.progress.get(request.rank)
-                step_time = None
-                if previous is not None and request.step > previous[0]:
-                    step_time = (s.clock() - previous[1]) / (request.step - previous[0])
-                s.hang.progress(request.rank, request.step, s.clock(), step_time)
-                s.progress[request.rank] = (request.step, s.clock())
+                self._progress(request.rank, request.step)
                 if request.compute_time_s:
                     s.compute_times[request.rank] = request.compute_time_s
                     s.record_compute(request.rank, request.step, request.compute_time_s, request.steps_covered or 1)
@@ -509,6 +504,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 self._wait_commit(request.step, request.generation, min(request.wait_commit_s, 60.0), context)
             return pb.SnapshotAck(accepted=accepted, current_generation=s.membership.number,
                                   last_committed_step=s.catalog.newest_committed)
+
+    def _progress(self, rank: int, step: int) -> None:
+        """With the state's lock held: rank `rank` of the current generation is at `step` (from a
+        snapshot report or a pulse); feeds the hang watchdog and its step-time history."""
+        s = self.s
+        now = s.clock()
+        previous = s.progress.get(rank)
+        if previous is not None and step <= previous[0]:
+            return  # no newer step (a pulse repeats it, a snapshot report lags it): the watchdog's clock runs on
+        step_time = (now - previous[1]) / (step - previous[0]) if previous is not None else None
+        s.hang.progress(rank, step, now, step_time)
+        s.progress[rank] = (step, now)
 
     def _committed(self, step: int) -> None:
         s = self.s
@@ -551,8 +558,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         with self.s.cond:
             plan = self.s.plan
             if request.pulse:
-                if plan is not None and request.generation == plan.generation.number:
+                if plan is not None and request.generation == plan.generation.number and not self.s.membership.pending:
                     self.s.pulses[request.rank] = (self.s.clock(), request.in_collective)
+                    # steps between snapshots are progress too: with --snapshot-every N the
+                    # snapshot reports alone would leave the hang watchdog N steps without news
+                    self._progress(request.rank, request.step)
                 return pb.Ack(ok=True)
             self.s.progress[request.rank] = (request.step, self.s.clock())
             self.s.metrics.lost_steps.inc(self.s.lost_steps.progress(request.generation, request.step))
