@@ -365,3 +365,15 @@ def test_shard_checksum_other_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shard_checksum(big) == expected
     with pytest.raises(ValueError, match="contiguous"):
         shard_checksum(big[::2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.binary(max_size=300), b=st.binary(max_size=3000), seed=st.integers(0, 2**32 - 1))
+def test_crc32_combine_equals_the_crc_of_the_concatenation(a: bytes, b: bytes, seed: int) -> None:
+    assert erasure.crc32_combine(zlib.crc32(a, seed), zlib.crc32(b), len(b)) == zlib.crc32(a + b, seed)
+
+
+def test_crc32_combine_over_a_long_second_part() -> None:
+    rng = np.random.default_rng(5)
+    a, b = rng.bytes(32), rng.bytes((10 << 20) + 17)
+    assert erasure.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import zlib
 
 import numpy as np
 import pytest
@@ -64,11 +65,47 @@ def test_layout_slices_reassemble_bit_exactly(shapes: list[list[int]], world: in
         buffer = np.zeros(lay.blob_size(b - a, 200), dtype=np.uint8)
         buffer[lay.HEADER_BYTES:lay.HEADER_BYTES + b - a] = out.numpy()
         size = lay.write_header(buffer, b - a, lay.encode_meta({"slice": (a, b)}))
+        assert lay.blob_checksum(buffer) == zlib.crc32(buffer[:size].tobytes())
         meta, payload = lay.read_blob(buffer[:size])
         pieces.append((meta["slice"][0], payload))
     views = lay.tensors_from_flat(layout, lay.assemble(layout.total, pieces))
     for name, tensor in tensors:
         assert torch.equal(views[name], tensor) and views[name].dtype == tensor.dtype
+
+
+def test_slice_copier_matches_copy_slice_and_follows_reallocated_tensors() -> None:
+    gen = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(5, 7, generator=gen), torch.randn(3, generator=gen).to(torch.float16),
+               torch.empty(0), torch.randn(64, 9, generator=gen)]
+    layout = lay.build_layout([(f"t{i}", t) for i, t in enumerate(tensors)])
+    copier = lay.SliceCopier()
+
+    def check(out_len_extra: int = 0) -> None:
+        for world in (1, 2, 3):
+            for rank in range(world):
+                a, b = lay.slice_bounds(layout.total, world, rank)
+                # alignment gaps are written by neither: both start from the same filler
+                expected = torch.full((b - a,), 7, dtype=torch.uint8)
+                got = torch.full((b - a + out_len_extra,), 7, dtype=torch.uint8)
+                lay.copy_slice(tensors, layout, a, b, expected)
+                copier.copy(tensors, layout, a, b, got[:b - a])
+                assert torch.equal(expected, got[:b - a]), (world, rank)
+
+    check()
+    a, b = lay.slice_bounds(layout.total, 2, 1)
+    out = torch.zeros(b - a, dtype=torch.uint8)
+    copier.copy(tensors, layout, a, b, out)
+    for tensor in tensors:  # in-place updates (an optimizer step) are seen through the kept views
+        tensor.mul_(3)
+    copier.copy(tensors, layout, a, b, out)
+    expected = torch.zeros(b - a, dtype=torch.uint8)
+    lay.copy_slice(tensors, layout, a, b, expected)
+    assert torch.equal(out, expected)
+    tensors[3] = torch.randn(64, 9, generator=gen)  # re-allocated (same shape): the views are rebuilt
+    check(out_len_extra=5)
+    tensors[3] = tensors[3].t()  # non-contiguous: copied the plain way
+    layout = lay.build_layout([(f"t{i}", t) for i, t in enumerate(tensors)])
+    check()
 
 
 def test_corrupted_or_foreign_blob_is_refused() -> None:

@@ -95,6 +95,7 @@ class SnapshotEngine:
         self.copy_done: "torch.cuda.Event | None" = None  # the newest capture's copy (GPU state only)
         self.compression = "none"  # per job (`--compress`); set from the generation's config
         self.last_duration_s = 0.0
+        self._copier = lay.SliceCopier()
 
     def codec(self, k: int, m: int) -> ReedSolomon:
         if (k, m) not in self._codecs:
@@ -138,8 +139,7 @@ class SnapshotEngine:
         placement = self.placement
         assert placement is not None, "configure() first"
         start, end = lay.slice_bounds(layout.total, placement.world_size, placement.rank)
-        meta = dict(meta, total=layout.total, slice=(start, end),
-                    layout=[(e.name, e.dtype, e.shape, e.offset, e.nbytes) for e in layout.entries])
+        meta = dict(meta, total=layout.total, slice=(start, end), layout=layout.manifest)
         meta_bytes = lay.encode_meta(meta)
         size = lay.blob_size(end - start, len(meta_bytes))
         k = max(placement.k, 1)
@@ -162,17 +162,17 @@ class SnapshotEngine:
                 self._stream = torch.cuda.Stream()
             self._stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self._stream):
-                lay.copy_slice(tensors, layout, start, end, out, non_blocking=True)
+                self._copier.copy(tensors, layout, start, end, out, non_blocking=True)
                 copy_done = torch.cuda.Event()
                 copy_done.record(self._stream)
             self.copy_done = copy_done
         else:
-            lay.copy_slice(tensors, layout, start, end, out)
+            self._copier.copy(tensors, layout, start, end, out)
         blob = LocalBlob(f"s{step}-g{placement.generation}-r{placement.rank}", step, placement.generation,
                          buffer, size, slot)
         job = _Job(blob, copy_done=copy_done, header=(end - start, meta_bytes))
-        if copy_done is None or self.report is None:
-            self._finish_blob(job)  # GPU without a worker: waits for the copy here
+        if self.report is None:
+            self._finish_blob(job)  # no worker (a local run): header and CRC now; GPU: waits for the copy
         for old in [s for s in self.blobs if s != keep_step]:
             del self.blobs[old]
         self.blobs[step] = blob
@@ -184,8 +184,9 @@ class SnapshotEngine:
 
     @staticmethod
     def _finish_blob(job: _Job) -> None:
-        """Header (with the CRC of the copied bytes) and zero padding, once the copy-out is complete:
-        at once for CPU state, in the worker after the side-stream copy for GPU state."""
+        """Header (with the CRC of the copied bytes) and zero padding, once the copy-out is complete.
+        The worker does it, off the training thread (GPU state: after the side-stream copy); the
+        next capture uses the other buffer, so nothing writes this one meanwhile."""
         if job.header is None:
             return
         if job.copy_done is not None:
@@ -227,7 +228,7 @@ class SnapshotEngine:
         placement = self.placement
         blob = job.blob
         assert placement is not None and self.agents is not None and self.report is not None
-        self._finish_blob(job)  # GPU state: after the side-stream copy (the header's CRC reads the bytes)
+        self._finish_blob(job)  # the header's CRC reads the copied bytes (GPU: after the side-stream copy)
         k, m = max(placement.k, 1), placement.m
         if self.compression == "zstd":
             packed = compress.compress(blob.buffer[:blob.size])
@@ -245,7 +246,7 @@ class SnapshotEngine:
             self.codec(k, m).encode(data, out=self._parity)
             shards += [self._parity[i] for i in range(m)]
             self.encoded_bytes += len(blob.buffer)
-        blob_crc = shard_checksum(blob.buffer[:blob.size])
+        blob_crc = lay.blob_checksum(blob.buffer)  # from the header's CRC: no second pass over the blob
         if len(shards) == 1 and coded is blob.buffer:  # one full copy: continue the blob's CRC over the padding
             crcs = [shard_checksum(blob.buffer[blob.size:], blob_crc)]
         else:

@@ -612,3 +612,35 @@ def shard_checksum(buf: Any, value: int = 0) -> int:
             addr = np.frombuffer(mv, dtype=np.uint8).ctypes.data
             return int(lib.crc32_gzip_refl(value & 0xFFFFFFFF, addr, mv.nbytes))
     return zlib.crc32(mv, value) & 0xFFFFFFFF
+
+
+_CRC_POLY = 0xEDB88320  # CRC-32 (zlib, gzip), reflected
+
+
+def _crc_multiply(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (reflected bit order), as zlib's multmodp."""
+    m, product = 1 << 31, 0
+    while True:
+        if a & m:
+            product ^= b
+            if a & (m - 1) == 0:
+                return product
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+
+
+_X2N = [1 << 30]  # x^(2^n) modulo the polynomial, n = 0..31
+for _ in range(31):
+    _X2N.append(_crc_multiply(_X2N[-1], _X2N[-1]))
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A + B from crc(A), crc(B) and len(B), without reading the bytes (zlib's
+    crc32_combine; about 32 * log2(len2) integer steps)."""
+    factor, n, k = 1 << 31, len2, 3  # x^(8 * len2) modulo the polynomial
+    while n:
+        if n & 1:
+            factor = _crc_multiply(_X2N[k & 31], factor)
+        n >>= 1
+        k += 1
+    return _crc_multiply(factor, crc1 & 0xFFFFFFFF) ^ (crc2 & 0xFFFFFFFF)

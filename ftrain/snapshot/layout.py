@@ -14,12 +14,13 @@ from __future__ import annotations
 import pickle
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ftrain.snapshot.erasure import shard_checksum  # zlib-compatible CRC-32, ISA-L speed
+from ftrain.snapshot.erasure import crc32_combine, shard_checksum  # zlib-compatible CRC-32, ISA-L speed
 
 ALIGN = 64
 MAGIC = b"FTRNBLOB"
@@ -49,6 +50,11 @@ class StateLayout:
 
     def signature(self) -> tuple:
         return tuple((e.name, e.dtype, e.shape) for e in self.entries)
+
+    @cached_property
+    def manifest(self) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+        """The entries as plain tuples, as a blob's meta carries them."""
+        return [(e.name, e.dtype, e.shape, e.offset, e.nbytes) for e in self.entries]
 
 
 def _align(value: int) -> int:
@@ -89,6 +95,51 @@ def copy_slice(tensors: Sequence[torch.Tensor], layout: StateLayout, start: int,
         out[lo - start:hi - start].copy_(src, non_blocking=non_blocking)
 
 
+class SliceCopier:
+    """`copy_slice` for a training loop that captures the same tensors every step: the per-tensor
+    source and destination views are built once per (layout, slice, tensors, output buffer) and
+    all pieces are copied with one `torch._foreach_copy_` call. A tensor that was re-allocated
+    (another data pointer), a new layout object or another output buffer rebuilds the views (the
+    kept views pin the old storages, so an equal data pointer is the same memory). Non-contiguous
+    tensors are copied the plain way each time."""
+
+    def __init__(self) -> None:
+        self._layout: StateLayout | None = None
+        self._key: tuple = ()
+        self._plans: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def copy(self, tensors: Sequence[torch.Tensor], layout: StateLayout, start: int, end: int, out: torch.Tensor,
+             non_blocking: bool = False) -> None:
+        if not all(t.is_contiguous() for t in tensors):  # their byte views are copies: nothing to keep
+            copy_slice(tensors, layout, start, end, out, non_blocking)
+            return
+        key = (start, end, tuple(t.data_ptr() for t in tensors))
+        if layout is not self._layout or key != self._key:
+            self._layout, self._key, self._plans = layout, key, {}
+        plan = self._plans.get((out.data_ptr(), len(out)))
+        if plan is None:
+            plan = self._plans[(out.data_ptr(), len(out))] = _slice_views(tensors, layout, start, end, out)
+        destinations, sources = plan
+        if not destinations:
+            return
+        if out.device == sources[0].device and hasattr(torch, "_foreach_copy_"):  # CPU state: one call
+            torch._foreach_copy_(destinations, sources, non_blocking=non_blocking)
+        else:  # device-to-host (side-stream copies): one copy_ a piece, as copy_slice
+            for destination, source in zip(destinations, sources):
+                destination.copy_(source, non_blocking=non_blocking)
+
+
+def _slice_views(tensors: Sequence[torch.Tensor], layout: StateLayout, start: int, end: int,
+                 out: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    destinations, sources = [], []
+    for entry, tensor in zip(layout.entries, tensors):
+        lo, hi = max(start, entry.offset), min(end, entry.offset + entry.nbytes)
+        if lo < hi:
+            sources.append(byte_view(tensor)[lo - entry.offset:hi - entry.offset])
+            destinations.append(out[lo - start:hi - start])
+    return destinations, sources
+
+
 def tensors_from_flat(layout: StateLayout, flat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Views of `flat` (uint8, layout.total bytes) as the laid-out tensors (no copy)."""
     views = {}
@@ -117,6 +168,13 @@ def write_header(buffer: np.ndarray, payload_len: int, meta: bytes) -> int:
     buffer[:len(header)] = np.frombuffer(header, dtype=np.uint8)
     buffer[len(header):HEADER_BYTES] = 0
     return size
+
+
+def blob_checksum(buffer: np.ndarray) -> int:
+    """CRC-32 of a whole blob written by `write_header` (header + payload + meta), from the header's
+    CRC of payload + meta: reads 32 bytes instead of the blob."""
+    _magic, _version, payload_len, meta_len, crc = _HEADER.unpack(buffer[:_HEADER.size].tobytes())
+    return crc32_combine(shard_checksum(buffer[:HEADER_BYTES]), crc, payload_len + meta_len)
 
 
 def read_blob(buffer: np.ndarray | bytes | memoryview) -> tuple[dict[str, Any], np.ndarray]:

@@ -111,6 +111,8 @@ class Session:
         self._slow_factor = 1.0
         self._committed_step = -1
         self._last_capture: int | None = None
+        self._layout_key: list[tuple[str, torch.dtype, torch.Size]] = []
+        self._state_layout = lay.StateLayout((), 0)
         self._finished = False
         self._moved = threading.Event()
         self._closed = threading.Event()
@@ -290,6 +292,14 @@ class Session:
             opt_meta["state"][pid] = entry
         return tensors, opt_meta
 
+    def _layout(self, named: list[tuple[str, torch.Tensor]]) -> lay.StateLayout:
+        """The state's layout, rebuilt only when a tensor's name, dtype or shape changed (the
+        snapshot engine keeps its copy views while it gets the same layout object)."""
+        key = [(name, tensor.dtype, tensor.shape) for name, tensor in named]
+        if key != self._layout_key:
+            self._layout_key, self._state_layout = key, lay.build_layout(named)
+        return self._state_layout
+
     def _meta(self, opt_meta: dict) -> dict:
         return {
             "step": self.step, "generation": self.generation, "rank": self.rank, "world_size": self.world_size,
@@ -311,7 +321,7 @@ class Session:
             else:
                 self._wait_committed(self._last_capture)
         named, opt_meta = self._replicated()
-        layout = lay.build_layout(named)
+        layout = self._layout(named)
         if len(self._report_extras) > 64:  # reports of failed captures never come
             self._report_extras.clear()
         if self._compute_n:
@@ -563,7 +573,7 @@ class Session:
             if self.step % self.snapshot_every == 0:
                 started = time.perf_counter()
                 named, opt_meta = self._replicated()
-                self.engine.capture(self.step, [t for _, t in named], lay.build_layout(named), self._meta(opt_meta),
+                self.engine.capture(self.step, [t for _, t in named], self._layout(named), self._meta(opt_meta),
                                     keep_step=self._committed_step)
                 self._committed_step = self.step
                 self.stats["captures"] += 1
