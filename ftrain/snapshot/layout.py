@@ -118,6 +118,8 @@ class SliceCopier:
             self._layout, self._key, self._plans = layout, key, {}
         plan = self._plans.get((out.data_ptr(), len(out)))
         if plan is None:
+            if len(self._plans) >= 2:  # one per snapshot buffer; a re-allocated buffer's views must not pin it
+                self._plans.clear()
             plan = self._plans[(out.data_ptr(), len(out))] = _slice_views(tensors, layout, start, end, out)
         destinations, sources = plan
         if not destinations:
