@@ -3,7 +3,9 @@
 Every configuration is a real `ftrain launch --nodes N` job of the examples' transformer
 (gloo data-parallel on CPU), run in this one invocation, interleaved `--rounds` times; the
 figure is the median step time of rank 0 after warm-up. Ratios are to the run without
-snapshots ("off": one snapshot at the start and one at the end only).
+snapshots ("off": one snapshot at the start and one at the end only). For snapshots every step
+it also prints what the training thread itself spends per snapshot (copy-out and bookkeeping;
+the rest of the cost is the background thread and the agents competing for the CPU).
 
 Separate jobs differ by several percent on a shared machine even with the same settings, so
 every round also runs one job that alternates blocks of `--ab-block` steps with a snapshot every
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--ab-block", type=int, default=10, help="steps per block of the interleaved job")
     args = parser.parse_args()
     samples: dict[str, list[float]] = {label: [] for label, *_ in CONFIGS}
+    stalls: dict[str, list[float]] = {label: [] for label, *_ in CONFIGS}  # training-thread ms per snapshot
     info: dict[str, dict] = {}
     ab_ratios: list[float] = []
     ab_steps = max(args.steps * 2, 8 * args.ab_block)
@@ -63,6 +66,8 @@ def main() -> None:
             for label, every, mode, env in CONFIGS:
                 result = run(label, every, mode, env, args, Path(tmp))
                 samples[label].append(result["median_step_s"])
+                if every == 1 and mode == "ftrain":
+                    stalls[label].append(result["stall_s"] / max(1, result["captures"]) * 1000)
                 info[label] = result
             ab = run("interleaved", 1, "ftrain", {}, argparse.Namespace(**{**vars(args), "steps": ab_steps}),
                      Path(tmp), ("--ab-block", str(args.ab_block)))
@@ -71,10 +76,11 @@ def main() -> None:
     params = info["off"]["params"]
     print(f"transformer: {params / 1e6:.2f} M parameters (model + AdamW state = {params * 12 / 2**20:.0f} MiB), "
           f"{args.nodes} nodes x 1 CPU trainer, median of {args.rounds} rounds")
-    print(f"{'configuration':32}{'step ms':>10}{'ratio':>8}")
+    print(f"{'configuration':32}{'step ms':>10}{'ratio':>8}   training-thread stall per snapshot")
     for label, *_ in CONFIGS:
         value = statistics.median(samples[label])
-        print(f"{label:32}{value * 1000:>10.1f}{value / base:>7.3f}x")
+        stall = f"   {statistics.median(stalls[label]):.2f} ms" if stalls[label] else ""
+        print(f"{label:32}{value * 1000:>10.1f}{value / base:>7.3f}x{stall}")
     print(f"interleaved in one job ({ab_steps} steps, blocks of {args.ab_block}): every step / off = "
           f"{statistics.median(ab_ratios):.3f}x (rounds: {', '.join(f'{r:.3f}' for r in ab_ratios)})")
 
