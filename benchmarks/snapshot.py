@@ -12,7 +12,8 @@ every round also runs one job that alternates blocks of `--ab-block` steps with 
 step and blocks without snapshots (snapshot_job.py --ab-block): its on/off ratio compares the
 two in the same processes at the same time. Its median over rounds is the headline figure.
 
-Run: python benchmarks/snapshot.py [--nodes 2] [--steps 60] [--rounds 2] [--dim 256] [--ab-block 10]
+Run: python benchmarks/snapshot.py [--nodes 2] [--steps 60] [--rounds 2] [--dim 256] [--ab-block 10] [--device cuda]
+(on a one-GPU machine: --nodes 1 --device cuda; NCCL takes one GPU per rank)
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def run(label: str, every: int, mode: str, env: dict[str, str], args: argparse.N
     out = workdir / f"{label.replace(' ', '_')}.json"
     cmd = [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.nodes), "--snapshot-every", str(every),
            "--job-id", "bench-snapshot", "--", str(REPO / "benchmarks" / "snapshot_job.py"), "--mode", mode,
-           "--steps", str(args.steps), "--dim", str(args.dim), "--out", str(out), *extra]
+           "--steps", str(args.steps), "--dim", str(args.dim), "--device", args.device, "--out", str(out), *extra]
     result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", **env), capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise SystemExit(f"{label}: job failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--ab-block", type=int, default=10, help="steps per block of the interleaved job")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (GPU name printed with the results)")
     args = parser.parse_args()
     samples: dict[str, list[float]] = {label: [] for label, *_ in CONFIGS}
     stalls: dict[str, list[float]] = {label: [] for label, *_ in CONFIGS}  # training-thread ms per snapshot
@@ -74,8 +76,11 @@ def main() -> None:
             ab_ratios.append(ab["median_step_on_s"] / ab["median_step_off_s"])
     base = statistics.median(samples["off"])
     params = info["off"]["params"]
+    import torch
+
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"transformer: {params / 1e6:.2f} M parameters (model + AdamW state = {params * 12 / 2**20:.0f} MiB), "
-          f"{args.nodes} nodes x 1 CPU trainer, median of {args.rounds} rounds")
+          f"{args.nodes} nodes x 1 {where} trainer, median of {args.rounds} rounds")
     print(f"{'configuration':32}{'step ms':>10}{'ratio':>8}   training-thread stall per snapshot")
     for label, *_ in CONFIGS:
         value = statistics.median(samples[label])

@@ -7,6 +7,9 @@
 step and B steps without one (by setting `session.snapshot_every`), so both are measured in the
 same processes at the same time; the first 2 steps of each block are left out (the previous
 block's last snapshot may still be shipping).
+--device cuda: model, optimizer state and batches on the GPU (NCCL; one GPU per node, so a
+one-GPU machine runs --nodes 1); each step's time then ends with a sync of the training stream
+(the snapshot's side-stream copy may still run).
 Rank 0 writes the median step time (seconds) to --out as JSON.
 """
 import argparse
@@ -34,13 +37,16 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--ab-block", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     data = synthetic_tokens(2048, 64, 256)
     dataset = torch.utils.data.TensorDataset(data[:, :-1], data[:, 1:])
-    model = TinyLM(dim=args.dim, layers=args.layers)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    model = TinyLM(dim=args.dim, layers=args.layers).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     session = ftrain.init(model, optimizer, dataset=dataset, batch_size=args.batch_size, seed=0)
     times, pending = [], None
@@ -49,6 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftrain-snapbench-") as tmp:
         began = None
         for step, (inputs, targets) in session.steps(args.steps):
+            if on_gpu:
+                torch.cuda.current_stream().synchronize()  # the previous step's kernels are done
             now = time.perf_counter()
             if began is not None and step > args.warmup:
                 times.append(now - began)
@@ -57,6 +65,7 @@ def main() -> None:
             began = now
             if args.ab_block:  # blocks alternate: even blocks snapshot every step, odd blocks none
                 session.snapshot_every = every if (step // args.ab_block) % 2 == 0 else 10**9
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             logits = session.model(inputs)
             loss = nn.functional.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1))
             loss.backward()
