@@ -558,11 +558,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         with self.s.cond:
             plan = self.s.plan
             if request.pulse:
-                if plan is not None and request.generation == plan.generation.number and not self.s.membership.pending:
+                if plan is not None and request.generation == plan.generation.number:
                     self.s.pulses[request.rank] = (self.s.clock(), request.in_collective)
-                    # steps between snapshots are progress too: with --snapshot-every N the
-                    # snapshot reports alone would leave the hang watchdog N steps without news
-                    self._progress(request.rank, request.step)
+                    if not self.s.membership.pending:  # as for snapshot reports
+                        # steps between snapshots are progress too: with --snapshot-every N the
+                        # snapshot reports alone would leave the hang watchdog N steps without news
+                        self._progress(request.rank, request.step)
                 return pb.Ack(ok=True)
             self.s.progress[request.rank] = (request.step, self.s.clock())
             self.s.metrics.lost_steps.inc(self.s.lost_steps.progress(request.generation, request.step))

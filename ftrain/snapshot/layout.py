@@ -87,18 +87,13 @@ def byte_view(tensor: torch.Tensor) -> torch.Tensor:
 def copy_slice(tensors: Sequence[torch.Tensor], layout: StateLayout, start: int, end: int, out: torch.Tensor,
                non_blocking: bool = False) -> None:
     """Copies bytes [start, end) of the flat layout of `tensors` into `out` (uint8, length end-start)."""
-    for entry, tensor in zip(layout.entries, tensors):
-        lo, hi = max(start, entry.offset), min(end, entry.offset + entry.nbytes)
-        if lo >= hi:
-            continue
-        src = byte_view(tensor)[lo - entry.offset:hi - entry.offset]
-        out[lo - start:hi - start].copy_(src, non_blocking=non_blocking)
+    _copy_pieces(*_slice_views(tensors, layout, start, end, out), non_blocking)
 
 
 class SliceCopier:
     """`copy_slice` for a training loop that captures the same tensors every step: the per-tensor
-    source and destination views are built once per (layout, slice, tensors, output buffer) and
-    all pieces are copied with one `torch._foreach_copy_` call. A tensor that was re-allocated
+    source and destination views are built once per (layout, slice, tensors, output buffer)
+    instead of every step. A tensor that was re-allocated
     (another data pointer), a new layout object or another output buffer rebuilds the views (the
     kept views pin the old storages, so an equal data pointer is the same memory). Non-contiguous
     tensors are copied the plain way each time."""
@@ -121,14 +116,17 @@ class SliceCopier:
             if len(self._plans) >= 2:  # one per snapshot buffer; a re-allocated buffer's views must not pin it
                 self._plans.clear()
             plan = self._plans[(out.data_ptr(), len(out))] = _slice_views(tensors, layout, start, end, out)
-        destinations, sources = plan
-        if not destinations:
-            return
-        if out.device == sources[0].device and hasattr(torch, "_foreach_copy_"):  # CPU state: one call
-            torch._foreach_copy_(destinations, sources, non_blocking=non_blocking)
-        else:  # device-to-host (side-stream copies): one copy_ a piece, as copy_slice
-            for destination, source in zip(destinations, sources):
-                destination.copy_(source, non_blocking=non_blocking)
+        _copy_pieces(*plan, non_blocking)
+
+
+def _copy_pieces(destinations: list[torch.Tensor], sources: list[torch.Tensor], non_blocking: bool) -> None:
+    if not destinations:
+        return
+    if destinations[0].device == sources[0].device and hasattr(torch, "_foreach_copy_"):  # CPU state: one call
+        torch._foreach_copy_(destinations, sources, non_blocking=non_blocking)
+    else:  # device-to-host (side-stream copies): one copy_ a piece
+        for destination, source in zip(destinations, sources):
+            destination.copy_(source, non_blocking=non_blocking)
 
 
 def _slice_views(tensors: Sequence[torch.Tensor], layout: StateLayout, start: int, end: int,

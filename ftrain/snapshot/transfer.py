@@ -7,6 +7,7 @@ FTRAIN_SHARD_TRANSPORT=grpc). Either way a shard is checked against its CRC on a
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from typing import Iterator
 
 import grpc
@@ -52,6 +53,15 @@ class AgentPool:
         with self._lock:
             self._data_addresses.pop(address, None)
 
+    @contextmanager
+    def _forgotten_if_refused(self, address: str) -> Iterator[None]:
+        """A refused data-plane connection: the agent may have restarted on another data port."""
+        try:
+            yield
+        except ConnectionRefusedError:
+            self.forget(address)
+            raise
+
     def stub(self, address: str) -> agent_pb2_grpc.AgentStub:
         with self._lock:
             if address not in self._stubs:
@@ -63,11 +73,8 @@ class AgentPool:
                   blob_info: bytes = b"", timeout: float = 60.0) -> None:
         data_address = self.data_address(address, timeout)
         if data_address:
-            try:
+            with self._forgotten_if_refused(address):
                 self.data.put(data_address, blob_id, index, step, data, crc32, blob_info, timeout)
-            except ConnectionRefusedError:
-                self.forget(address)
-                raise
             return
         view = memoryview(np.ascontiguousarray(data)).cast("B")
         total = len(view)
@@ -89,11 +96,8 @@ class AgentPool:
         data_address = self.data_address(address, timeout)
         buffer: np.ndarray | None = None
         if data_address:
-            try:
+            with self._forgotten_if_refused(address):
                 buffer, _held_crc = self.data.get(data_address, blob_id, index, timeout)
-            except ConnectionRefusedError:
-                self.forget(address)
-                raise
         else:
             for chunk in self.stub(address).GetShard(apb.GetShardRequest(job_id=self.job_id, blob_id=blob_id,
                                                                          index=index),

@@ -316,8 +316,7 @@ class Session:
             raise _StepFailed(f"previous snapshot not stored: {error}")
         if self._last_capture is not None and self._committed_step < self._last_capture:
             if self.engine.previous_committed() == self._last_capture:  # the worker saw the commit
-                self._committed_step = self._last_capture
-                self.engine.keep_only(self._committed_step)
+                self._mark_committed(self._last_capture)
             else:
                 self._wait_committed(self._last_capture)
         named, opt_meta = self._replicated()
@@ -364,6 +363,10 @@ class Session:
         reply = self._commit_reply(step, self.generation)
         if not reply.committed:
             raise _StepFailed(f"generation moved to {reply.current_generation} before step {step} committed")
+        self._mark_committed(step)
+
+    def _mark_committed(self, step: int) -> None:
+        """`step` is committed: it becomes the snapshot the engine keeps; older local blobs go."""
         self._committed_step = max(self._committed_step, step)
         self.engine.keep_only(self._committed_step)
 
