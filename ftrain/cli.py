@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Sequence
 
-from ftrain.config import ENV_TOKEN, ConfigError, JobSettings, parse_ec, parse_fault
+from ftrain.config import DEFAULT_HANG_TIMEOUT_S, ENV_TOKEN, ConfigError, JobSettings, parse_ec, parse_fault
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +21,14 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot-every", type=int, default=1, help="snapshot every S steps (default 1)")
     parser.add_argument("--ec", default="4+2", help="Reed-Solomon K+M per snapshot blob (capped by the node count)")
     parser.add_argument("--inject", action="append", default=[], help="fault spec, e.g. kill-node:1@step=20")
-    parser.add_argument("--collective-timeout", type=float, default=30.0,
-                        help="seconds before a blocked collective is abandoned (hang bound)")
+    parser.add_argument("--collective-timeout", type=float, default=None,
+                        help="seconds before a blocked collective gives up (default: the hang timeout + the "
+                             "heartbeat timeout, so the hang watchdog fires first)")
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0, help="seconds without heartbeat = dead node")
-    parser.add_argument("--hang-timeout", type=float, default=30.0,
-                        help="minimum seconds without step progress before a rank counts as hung "
-                             "(the watchdog uses max(this, 5 x p99 step time))")
+    parser.add_argument("--hang-timeout", type=float, default=DEFAULT_HANG_TIMEOUT_S,
+                        help="minimum seconds without step progress before a live rank counts as hung (default "
+                             "300; the watchdog uses max(this, 5 x p99 step time)); a frozen process (its pulses "
+                             "stop) is caught within seconds whatever this is")
     parser.add_argument("--straggler-policy", default="rebalance",
                         help="response ladder for slow ranks: report | rebalance | evict")
     parser.add_argument("--compress", default="none", help="none | zstd (snapshot shards)")

@@ -16,6 +16,7 @@ ENV_LOCAL_RANK = "FTRAIN_LOCAL_RANK"
 ENV_TOKEN = "FTRAIN_TOKEN"
 TOKEN_METADATA_KEY = "x-ftrain-token"
 PROTOCOL_VERSION = 1
+DEFAULT_HANG_TIMEOUT_S = 300.0  # a live rank may pause this long (an evaluation); frozen ones are caught by pulses
 
 FAULT_KINDS = ("kill-rank", "kill-node", "hang-rank", "slow-rank", "corrupt-shard")
 MODES = ("sync", "async")
@@ -117,12 +118,20 @@ class JobSettings:
     strategy: str = ""
     inject: tuple[FaultSpec, ...] = ()
     replace_timeout_s: float = 60.0
-    collective_timeout_s: float = 30.0
+    collective_timeout_s: float | None = None  # None: derived from the hang timeout (effective_collective_timeout_s)
     heartbeat_dead_after_s: float = 10.0
     heartbeat_suspect_after_s: float = 3.0
     compress: str = "none"
-    hang_timeout_s: float = 30.0
+    hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     straggler_policy: str = "rebalance"
+    pulse_silent_after_s: float = 6.0  # a trainer whose pulses stop this long is frozen (killed at once)
+
+    def effective_collective_timeout_s(self, hang_timeout_s: float | None = None) -> float:
+        """The collective timeout handed to a generation: the one set, else the hang timeout (as the
+        watchdog applies it) plus the heartbeat dead time, so the watchdog always fires first."""
+        if self.collective_timeout_s is not None:
+            return self.collective_timeout_s
+        return (hang_timeout_s or self.hang_timeout_s) + self.heartbeat_dead_after_s
 
     def validate(self) -> "JobSettings":
         if self.target_nodes < 1:
@@ -143,7 +152,7 @@ class JobSettings:
         if self.straggler_policy not in STRAGGLER_POLICIES:
             raise ConfigError(f"--straggler-policy must be one of {', '.join(STRAGGLER_POLICIES)}; "
                               f"got {self.straggler_policy!r}")
-        if self.collective_timeout_s <= 0:
+        if self.collective_timeout_s is not None and self.collective_timeout_s <= 0:
             raise ConfigError(f"collective timeout must be > 0 s; got {self.collective_timeout_s}")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.job_id):
             raise ConfigError(f"job id must be lowercase letters, digits and '-', 1-63 characters; got {self.job_id!r}")

@@ -629,3 +629,23 @@ def rebalance_shares(slowdowns: Mapping[int, float], global_batch: int) -> dict[
             x[r] -= 1
             diff += 1
     return x
+
+
+# --------------------------------------------------------------------------- frozen processes
+
+
+def frozen_ranks(last_pulse: Mapping[int, float], ranks: Iterable[int], since: float, now: float,
+                 silent_after_s: float, first_pulse_grace_s: float) -> list[int]:
+    """Ranks whose trainer process has stopped pulsing: the last pulse is older than
+    `silent_after_s`, or none came within `first_pulse_grace_s` of `since` (the generation's
+    start). A process that is alive pulses every second from its own thread whatever its loop
+    does (a long evaluation, a slow step), so silence means frozen (SIGSTOP) or wedged."""
+    out = []
+    for rank in ranks:
+        seen = last_pulse.get(rank)
+        if seen is None:
+            if now - since > first_pulse_grace_s:
+                out.append(rank)
+        elif now - seen > silent_after_s:
+            out.append(rank)
+    return sorted(out)

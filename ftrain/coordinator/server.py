@@ -22,7 +22,8 @@ from ftrain import metrics as metrics_mod
 from ftrain.config import PROTOCOL_VERSION, JobSettings
 from ftrain.coordinator.catalog import BlobRecord, Catalog
 from ftrain.coordinator.detector import (DetectionConfig, HangDetector, ResponsePolicy, StragglerDetector, StragglerFlag,
-                                         decide_response, rebalance_shares)
+                                         decide_response, frozen_ranks, rebalance_shares)
+from ftrain.coordinator.finish import finish_verdict
 from ftrain.coordinator.membership import Generation, Membership
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, make_server, open_channel, token_metadata
@@ -58,7 +59,8 @@ class CoordinatorState:
         self.trainers: dict[str, list[pb.TrainerInfo]] = {}
         self.commands: dict[str, list[str]] = collections.defaultdict(list)
         self.fired_faults: set[str] = set()
-        self.finished: set[int] = set()
+        self.finished: dict[int, int] = {}  # rank -> the step it left session.steps() at
+        self.formed_at = clock()  # when the current generation formed (first-pulse grace)
         self.job_state = "running"
         self.message = ""
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
@@ -78,7 +80,7 @@ class CoordinatorState:
                                                  dead_after_s=settings.heartbeat_dead_after_s,
                                                  suspect_after_s=min(3.0, max(1.5, settings.heartbeat_dead_after_s / 2))))
         self.times_flagged: collections.Counter[int] = collections.Counter()
-        self.pulses: dict[int, tuple[float, bool]] = {}  # rank -> (last pulse, waiting in a collective)
+        self.pulses: dict[int, tuple[float, bool, int]] = {}  # rank -> (last pulse, in a collective, at step)
         self.held_shards: dict[tuple[str, int], BlobRecord] = {}  # reported by re-registering agents
         self.metrics_endpoints: dict[str, str] = {}  # node -> its agent's /metrics host:port
         self.aggregator: Any = None  # async mode: ftrain.aggregate.server.AggregatorService on this server
@@ -95,7 +97,7 @@ class CoordinatorState:
         return pb.JobConfig(
             job_id=s.job_id, target_nodes=s.target_nodes, min_nodes=s.min_nodes, snapshot_every=s.snapshot_every,
             ec_k=s.ec.k, ec_m=s.ec.m, mode=s.mode, strategy=s.strategy, inject=[f.raw for f in s.inject],
-            collective_timeout_s=s.collective_timeout_s, compress=s.compress,
+            collective_timeout_s=s.effective_collective_timeout_s(self.hang.timeout_s()), compress=s.compress,
         )
 
     # -- failure handling (call with the lock held) ----------------------------------------
@@ -169,18 +171,47 @@ class CoordinatorState:
             self.commands[node_id].append("evict")
             self.node_dead(node_id, "evicted as a straggler")
 
+    def check_finish(self) -> None:
+        """Ends the job when every rank finished at one step; fails it when a rank left the loop
+        while another went on (see ftrain.coordinator.finish)."""
+        plan = self.plan
+        if plan is None or self.job_state != "running" or not self.finished:
+            return
+        if self.settings.mode == "async":  # workers do different numbers of steps by design
+            if len(self.finished) == plan.generation.world_size:
+                self.job_state = "complete"
+                self.event("job-complete", f"all {plan.generation.world_size} workers finished")
+                self.cond.notify_all()
+            return
+        verdict, message = finish_verdict(plan.generation.world_size, self.finished,
+                                          {r: step for r, (step, _) in self.progress.items()},
+                                          {r: step for r, (_, waiting, step) in self.pulses.items() if waiting})
+        if verdict == "complete":
+            self.job_state = "complete"
+            self.event("job-complete", message)
+            self.cond.notify_all()
+        elif verdict == "mismatch":
+            self.fail(message)
+
     def check_hangs(self) -> None:
-        """Ranks without step progress for the hang timeout are killed and treated as failed."""
+        """Ranks without step progress for the hang timeout, and ranks whose process stopped
+        pulsing (frozen), are killed and treated as failed."""
         plan = self.plan
         if plan is None or self.membership.pending or self.job_state != "running":
             return
         now = self.clock()
-        hung = self.hang.hung(now)
+        live = [r for r in range(plan.generation.world_size) if r not in self.finished]
+        frozen = frozen_ranks({r: seen for r, (seen, _, _) in self.pulses.items()}, live, self.formed_at, now,
+                              self.settings.pulse_silent_after_s, max(30.0, self.settings.pulse_silent_after_s))
+        frozen = [r for r in frozen if (plan.generation.ranks[r].node_id, plan.generation.ranks[r].local_rank)
+                  not in self.lost_trainers]
+        hung = sorted(set(self.hang.hung(now)) | set(frozen))
         if not hung:
             return
         # peers blocked in a collective on the culprit make no progress either: kill only the ranks
         # that are frozen (pulse silent) or stuck outside a collective; all of them if none stands out
-        culprits = [r for r in hung if now - self.pulses.get(r, (0.0, False))[0] > 3.0 or not self.pulses[r][1]]
+        culprits = [r for r in hung if r in frozen or now - self.pulses.get(r, (0.0, False, 0))[0] > 3.0
+                    or not self.pulses[r][1]]
         waiting = [r for r in hung if r not in culprits]
         if waiting:
             self.event("hang-peers", f"ranks {waiting} are waiting in a collective on ranks {culprits or hung}")
@@ -188,9 +219,10 @@ class CoordinatorState:
             assignment = plan.generation.ranks[rank]
             self.failures += 1
             self.metrics.failures.labels(kind="hang").inc()
-            self.event("failure", f"rank {rank} ({assignment.node_id}/{assignment.local_rank}) hung: no step "
-                                  f"progress for {self.hang.timeout_s():.1f} s; killing it", failure_kind="hang",
-                       rank=rank)
+            why = (f"frozen: no pulse from its process for {self.settings.pulse_silent_after_s:.0f} s" if rank in frozen
+                   else f"hung: no step progress for {self.hang.timeout_s():.1f} s")
+            self.event("failure", f"rank {rank} ({assignment.node_id}/{assignment.local_rank}) {why}; killing it",
+                       failure_kind="hang", rank=rank)
             self.commands[assignment.node_id].append(f"kill-trainer:{assignment.local_rank}")
             self.hang.remove_rank(rank)
         if self.failure_since is None:
@@ -251,6 +283,7 @@ class CoordinatorState:
         self.straggler.reset(range(generation.world_size))
         self.hang.reset(range(generation.world_size), now=self.clock())
         self.pulses = {}
+        self.formed_at = self.clock()
         self.metrics.straggler_score.clear()
         self.plan = GenerationPlan(generation, restore_step, blobs)
         self.catalog.open_generation(generation.number, generation.world_size)
@@ -287,6 +320,7 @@ class CoordinatorState:
                 if age >= self.settings.heartbeat_dead_after_s:
                     self.node_dead(node_id, f"no heartbeat for {age:.1f} s")
             self.check_hangs()
+            self.check_finish()
             self.try_form()
         return []
 
@@ -559,7 +593,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             plan = self.s.plan
             if request.pulse:
                 if plan is not None and request.generation == plan.generation.number:
-                    self.s.pulses[request.rank] = (self.s.clock(), request.in_collective)
+                    self.s.pulses[request.rank] = (self.s.clock(), request.in_collective, request.step)
                     if not self.s.membership.pending:  # as for snapshot reports
                         # steps between snapshots are progress too: with --snapshot-every N the
                         # snapshot reports alone would leave the hang watchdog N steps without news
@@ -583,12 +617,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         with s.cond:
             plan = s.plan
             if plan is not None and request.generation == plan.generation.number:
-                s.finished.add(request.rank)
+                s.finished[request.rank] = request.step
                 s.hang.remove_rank(request.rank)
-                if len(s.finished) == plan.generation.world_size and s.job_state == "running":
-                    s.job_state = "complete"
-                    s.event("job-complete", f"all {plan.generation.world_size} ranks finished at step {request.step}")
-                    s.cond.notify_all()
+                s.check_finish()
         return pb.Ack(ok=True)
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:

@@ -397,11 +397,9 @@ class AsyncWorker:
                     started = time.perf_counter()
                     indices = self.shard.next_indices() if self.shard is not None else []
                     batch = s._collate(indices) if self.shard is not None else None
-                    s._stepped = False
-                    s._compute_start = time.perf_counter()
+                    s._begin_compute()
                     yield s.step, batch
-                    if not s._stepped:
-                        raise RuntimeError("ftrain: call session.optimizer.step() once in every step of session.steps()")
+                    s._end_step()
                     if self.shard is not None:
                         self.shard.advance()
                     s.step += 1
@@ -437,7 +435,6 @@ class AsyncWorker:
                 s.generation, s.rank, s.world_size = assignment.generation, assignment.rank, assignment.world_size
             s.client.call("ReportFinished", pb.FinishedReport(trainer_uid=s.trainer_uid, generation=s.generation,
                                                                rank=s.rank, step=s.step))
-            s._finished = True
             while True:
                 reply = s.client.call("WatchGeneration", pb.WatchRequest(known_generation=s.generation, wait_s=20.0),
                                       timeout=30.0)

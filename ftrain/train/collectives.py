@@ -1,19 +1,17 @@
 """Collectives for one generation: a gloo (CPU) or NCCL (GPU) process group on a generation-
-prefixed store, and a deterministic flat-buffer gradient all-reduce.
+prefixed store, installed as torch.distributed's default group, and waits that can be abandoned.
 
-The gradient layout is fixed (parameter order, one flat buffer per dtype), so the same world
-size always sums in the same order: a run with failures stays bit-identical to one without.
-Errors (a dead peer, a timeout) surface as `CollectiveError` to the session, never to the
-user's loop.
+Errors (a dead peer, a timeout) in ftrain's own collectives surface as `CollectiveError` to the
+session, never to the user's loop. The gradient all-reduce itself lives in ftrain.train.ddp.
 """
 from __future__ import annotations
 
 import datetime
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable
 
 import torch
-from torch._C._distributed_c10d import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
+from torch._C._distributed_c10d import BroadcastOptions, PrefixStore, TCPStore
 
 from ftrain.config import parse_host_port
 
@@ -28,23 +26,97 @@ def connect_store(address: str, timeout_s: float) -> TCPStore:
                     timeout=datetime.timedelta(seconds=timeout_s))
 
 
-def build_group(store: TCPStore, job_id: str, generation: int, rank: int, world_size: int, timeout_s: float,
-                bind_host: str, use_cuda: bool = False) -> torch.distributed.ProcessGroup:
-    prefix = PrefixStore(f"ftrain/{job_id}/g{generation}/", store)
-    timeout = datetime.timedelta(seconds=timeout_s)
-    try:
-        if use_cuda:
-            from torch._C._distributed_c10d import ProcessGroupNCCL
+_retired: list[torch.distributed.ProcessGroup] = []  # old generations' groups, shut down off the main thread
 
-            options = ProcessGroupNCCL.Options()
-            options._timeout = timeout
-            return ProcessGroupNCCL(prefix, rank, world_size, options)
-        options = ProcessGroupGloo._Options()
-        options._devices = [ProcessGroupGloo.create_device(hostname=bind_host)]
-        options._timeout = timeout
-        return ProcessGroupGloo(prefix, rank, world_size, options)
-    except RuntimeError as error:
-        raise CollectiveError(f"building the process group of generation {generation} failed: {error}") from error
+
+def _interface_of(host: str) -> str | None:
+    """The network interface that holds the address `host` (e.g. 127.0.0.1 -> lo), or None."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        return None
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:
+                continue
+            if socket.inet_ntoa(raw[20:24]) == address:
+                return name
+    finally:
+        probe.close()
+    return None
+
+
+def retire_default_group() -> None:
+    """Unregisters torch.distributed's default group without waiting for it.
+
+    `destroy_process_group()` shuts gloo down, which waits for collectives still blocked on a
+    frozen or unreachable peer (up to the whole collective timeout). The group is unregistered
+    with its shutdown skipped, then shut down (and freed) by a daemon thread."""
+    import torch.distributed as dist
+    from torch.distributed import ProcessGroup
+
+    if not dist.is_initialized():
+        return
+    old = dist.group.WORLD
+    shutdown = ProcessGroup.__dict__["shutdown"]
+    ProcessGroup.shutdown = lambda self: None  # type: ignore[method-assign]
+    try:
+        dist.destroy_process_group()
+    finally:
+        setattr(ProcessGroup, "shutdown", shutdown)
+    _retired.append(old)
+
+    def reap() -> None:
+        try:
+            old.shutdown()  # type: ignore[union-attr]
+        except Exception:
+            pass
+        _retired.remove(old)
+
+    import threading
+
+    threading.Thread(target=reap, name="ftrain-retire-group", daemon=True).start()
+
+
+def install_default_group(store: TCPStore, job_id: str, generation: int, rank: int, world_size: int,
+                          timeout_s: float, bind_host: str, use_cuda: bool = False) -> torch.distributed.ProcessGroup:
+    """Makes the generation's group torch.distributed's default group (so `dist.get_rank()`,
+    `dist.all_reduce` and `DistributedSampler` work in the loop) and returns it. The store prefix
+    includes the generation, so a rank of an older generation can never join."""
+    import os
+
+    import torch.distributed as dist
+
+    retire_default_group()
+    if "GLOO_SOCKET_IFNAME" not in os.environ:
+        interface = _interface_of(bind_host)
+        if interface:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+    prefix = PrefixStore(f"ftrain/{job_id}/g{generation}/", store)
+    try:
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo", store=prefix, rank=rank,
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as error:
+        raise CollectiveError(f"building the process group of generation {generation} failed: "
+                              f"{str(error).splitlines()[0][:300]}") from None
+    group = dist.group.WORLD
+    assert group is not None
+    return group
+
+
+def install_single_process_group() -> None:
+    """A plain `python train.py` run: a world of one, so torch.distributed calls in the loop work."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
 
 
 class Group:
@@ -89,52 +161,28 @@ class Group:
         self.wait(self.pg.broadcast([tensor], options), what)
 
 
-class GradientSynchronizer:
-    """Averages gradients over the group through one flat buffer per dtype (fixed layout)."""
+def _create_discarded_backend(common_opts: Any, backend_opts: Any) -> Any:
+    from torch._C._distributed_c10d import FakeProcessGroup
 
-    def __init__(self, params: Sequence[torch.nn.Parameter]) -> None:
-        self.params = [p for p in params if p.requires_grad]
-        self._groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
-        for p in self.params:
-            self._groups.setdefault((p.dtype, p.device), []).append(p)
-        self._flats: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-    def drop_buffers(self) -> None:
-        """Forgets the flat buffers: an abandoned collective may still write into the old ones."""
-        self._flats.clear()
-
-    def allreduce(self, group: Group | None, local_weight: float, total_weight: float) -> None:
-        """grad <- sum_r(local_weight_r * grad_r) / total_weight, for every parameter."""
-        for key, params in self._groups.items():
-            numel = sum(p.numel() for p in params)
-            flat = self._flats.get(key)
-            if flat is None or flat.numel() != numel:
-                flat = self._flats[key] = torch.zeros(numel, dtype=key[0], device=key[1])
-            offset = 0
-            for p in params:
-                n = p.numel()
-                if p.grad is None:
-                    flat[offset:offset + n].zero_()
-                else:
-                    flat[offset:offset + n].copy_(p.grad.reshape(-1))
-                offset += n
-            if local_weight != 1.0:
-                flat.mul_(local_weight)
-            if group is not None:
-                group.allreduce(flat, "gradient all-reduce")
-            if total_weight != 1.0:
-                flat.div_(total_weight)
-            offset = 0
-            for p in params:
-                n = p.numel()
-                if p.grad is None:
-                    p.grad = torch.empty_like(p)
-                p.grad.copy_(flat[offset:offset + n].view_as(p))
-                offset += n
+    return FakeProcessGroup._create_internal(common_opts.group_rank, common_opts.group_size, backend_opts)
 
 
-def broadcast_buffers(group: Group, module: torch.nn.Module) -> None:
-    """Makes module buffers (e.g. BatchNorm statistics) identical to rank 0's, as DDP does."""
-    for buffer in module.buffers():
-        if buffer.numel():
-            group.broadcast(buffer.data, 0, "buffer broadcast")
+def install_discarded_group(rank: int, world_size: int) -> None:
+    """A collective of this step failed (a lost peer): the step will be discarded and redone after
+    recovery. torch.distributed's default group becomes one whose collectives return at once and
+    leave tensors as they are (same rank and world size), so the rest of the loop body of the
+    discarded step runs to its end instead of raising inside the user's code."""
+    import torch.distributed as dist
+
+    if not _discarded_backend_registered:
+        try:
+            dist.Backend.register_backend(dist.Backend.FAKE, _create_discarded_backend, extended_api=True,
+                                          devices=["cpu", "cuda"])
+        except (ValueError, RuntimeError):  # registered already (e.g. by torch's own test helpers)
+            pass
+        _discarded_backend_registered.append(True)
+    retire_default_group()
+    dist.init_process_group(dist.Backend.FAKE, store=torch.distributed.HashStore(), rank=rank, world_size=world_size)
+
+
+_discarded_backend_registered: list[bool] = []

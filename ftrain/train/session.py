@@ -1,14 +1,19 @@
-"""The Session: a user's existing torch loop, made fault tolerant with a few changed lines.
+"""The Session: a user's existing torch loop, made fault tolerant with three added lines.
 
-    session = ftrain.init(model, optimizer, dataset=ds, batch_size=32, seed=0)
+    session = ftrain.init(model, optimizer, dataset=ds, batch_size=32, seed=0, num_workers=2)
     for step, batch in session.steps(total_steps):
-        loss = loss_fn(session.model(batch[0]), batch[1]); loss.backward()
-        session.optimizer.step(); session.optimizer.zero_grad()
+        loss = loss_fn(session.model(batch[0]), batch[1]); loss.backward()   # averaged, as DDP
+        optimizer.step(); optimizer.zero_grad()                              # the user's optimizer
+    session.finish()
 
-`session.steps` owns the generation life cycle: join a generation, build its process group,
-restore the newest committed snapshot, hand out batches, synchronise gradients in
-`session.optimizer.step()`, capture snapshots, and, when a peer fails, discard the failed
-step, re-form, restore and go on. The loop body never sees a peer's failure.
+`ftrain.init` joins the first generation (rank and world size are known when it returns),
+makes its process group torch.distributed's default group, and restores the newest committed
+snapshot or broadcasts rank 0's initial state. `session.model` has DDP semantics
+(ftrain.train.ddp); `session.optimizer` is the user's optimizer itself, and no call in the
+loop is mandatory. `session.steps` hands out batches (ftrain.train.loader), captures
+snapshots, and, when a peer fails, discards the failed step after the loop body returns,
+re-forms, restores and replays: replayed steps are marked by `session.replaying`. A `break` out
+of `session.steps()` on every rank at the same step ends the job cleanly.
 """
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ import logging
 import os
 import random
 import signal
+import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -32,31 +39,10 @@ from ftrain.snapshot.transfer import AgentPool
 from ftrain.train import collectives
 from ftrain.train.client import CoordinatorClient
 from ftrain.train.data import ElasticSampler, make_collate
+from ftrain.train.ddp import DEFAULT_BUCKET_CAP_MB, DistributedModule, Reducer
+from ftrain.train.loader import BatchFeed, check_dataset
 
 log = logging.getLogger("ftrain.session")
-
-
-class SyncOptimizer:
-    """Wraps the user's optimizer: `step()` first averages gradients across the generation."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, session: "Session") -> None:
-        self._optimizer = optimizer
-        self._session = session
-
-    def step(self, closure: Callable | None = None) -> Any:
-        return self._session._optimizer_step(closure)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._optimizer.zero_grad(set_to_none=set_to_none)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._optimizer, name)
-
-    def state_dict(self) -> dict:
-        return self._optimizer.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self._optimizer.load_state_dict(state)
 
 
 class _StepFailed(Exception):
@@ -79,75 +65,113 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Session:
+    """A fault-tolerant training session (see the module docstring).
+
+    Public attributes: `model` (DDP semantics), `optimizer` (the user's own), `rank`,
+    `world_size`, `generation`, `step` (steps done), `replaying` (True while a step whose body
+    already ran once is redone after a recovery), `sampler` (the elastic sampler's position).
+    """
+
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Any = None,
                  batch_size: int = 32, seed: int = 0, *, collate_fn: Callable | None = None, shuffle: bool = True,
+                 num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int | None = None,
+                 worker_init_fn: Callable | None = None, multiprocessing_context: Any = None,
                  snapshot_every: int | None = None, connect_timeout_s: float | None = None,
-                 local_steps: int | None = None) -> None:
+                 local_steps: int | None = None, bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+                 on_generation: Callable[["Session"], None] | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"ftrain.init: model must be a torch.nn.Module; got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"ftrain.init: optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
-        self.model = model
-        self._inner = optimizer
-        self.optimizer = SyncOptimizer(optimizer, self)
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            raise TypeError("ftrain.init: got a DistributedDataParallel module; pass the plain module "
+                            "(session.model averages gradients as DDP does)")
+        if dataset is not None:
+            check_dataset(dataset)
+        self.module = model
+        self.optimizer = optimizer
         self.seed = seed
         self.sampler = ElasticSampler(len(dataset), batch_size, seed, shuffle) if dataset is not None else None
-        self._collate = make_collate(dataset, collate_fn) if dataset is not None else None
+        self._collate = make_collate(dataset, collate_fn) if dataset is not None else None  # async mode's shards
+        self._feed = BatchFeed(dataset, self.sampler, num_workers=num_workers, collate_fn=collate_fn,
+                               pin_memory=pin_memory, prefetch_factor=prefetch_factor, worker_init_fn=worker_init_fn,
+                               multiprocessing_context=multiprocessing_context) \
+            if dataset is not None and self.sampler is not None else None
         self.registered: dict[str, Any] = {}
+        self._restored_registered: dict[str, Any] = {}  # restored before register() was called
         self.env = TrainerEnv.from_environ()
         self.rank, self.world_size, self.generation, self.step = 0, 1, -1, 0
+        self.replaying = False
         self.batch_shares: list[int] = []
+        self.on_generation = on_generation
         self._snapshot_every_override = snapshot_every
         self.local_steps = local_steps  # async mode: local steps per push (None: FTRAIN_LOCAL_STEPS, else 10)
         self._async: Any = None  # the AsyncWorker while the job runs --mode async
         self.snapshot_every = snapshot_every or 1
-        self._group: Any = None
-        self._sync = collectives.GradientSynchronizer(list(model.parameters()))
-        self._stepped = False
-        self._step_error: collectives.CollectiveError | None = None
-        self._local_weight, self._total_weight = 1.0, 1.0
-        self._compute_start = 0.0
+        self._group: collectives.Group | None = None
+        self.reducer = Reducer(list(model.parameters()), bucket_cap_mb)
+        self.reducer.on_error = lambda _: collectives.install_discarded_group(self.rank, self.world_size)
+        self.model: torch.nn.Module = DistributedModule(model, self.reducer)
+        self._high_water = 0  # one past the highest step whose loop body has run
+        self._compute_start = self._comm_before = 0.0
         self._faults: list[FaultSpec] = []
         self._slow_factor = 1.0
         self._committed_step = -1
         self._last_capture: int | None = None
         self._layout_key: list[tuple[str, torch.dtype, torch.Size]] = []
         self._state_layout = lay.StateLayout((), 0)
-        self._finished = False
         self._moved = threading.Event()
         self._closed = threading.Event()
+        self._active_steps: Any = None  # weak reference to the running steps() generator
+        self._exit_error: BaseException | None = None  # a failure while leaving the loop early
+        self._first: pb.GenerationAssignment | None = None
+        self._warned_empty = False
         self.stats = {"recoveries": 0, "failed_steps": 0, "stall_s": 0.0, "captures": 0}
         self._compute_s, self._compute_n = 0.0, 0  # compute time since the last capture (straggler detection)
         self._report_extras: dict[int, tuple[float, int]] = {}  # step -> (mean compute s, steps) for its report
         self._last_stall_s = 0.0
         self.reporter = metrics.TrainerReporter("", "", "", 0)  # per-node metrics via the agent (off without one)
         self.use_cuda = any(p.is_cuda for p in model.parameters())
-        self._has_buffers = any(b.numel() for b in model.buffers())
+        self._buffer_names = {name for name, b in model.named_buffers()}
+        self._step_hook = optimizer.register_step_pre_hook(lambda *_: self._after_snapshot_copy())
+        self._store: Any = None
+        self._store_address = ""
+        self._members: list[pb.Member] = []
         if self.env is None:
             self.trainer_uid = f"local/0/{os.getpid()}"
             self.client = None
             self.engine = SnapshotEngine("local", self.trainer_uid, "local", None, None)
-        else:
-            timeout = connect_timeout_s or float(os.environ.get("FTRAIN_CONNECT_TIMEOUT", "30"))
-            self.trainer_uid = f"{self.env.node_id}/{self.env.local_rank}/{os.getpid()}"
-            self.client = CoordinatorClient(self.env, connect_timeout_s=timeout)
-            self.agents = AgentPool(self.env.token, self.env.job_id)
-            self.engine = SnapshotEngine(self.env.job_id, self.trainer_uid, self.env.node_id, self.agents,
-                                         self._report_snapshot, self._await_commit)
-            self.reporter = metrics.TrainerReporter(os.environ.get("FTRAIN_AGENT_ADDRESS", ""), self.env.token,
-                                                    self.env.job_id, self.env.local_rank)
-        self._store: Any = None
-        self._store_address = ""
-        self._members: list[pb.Member] = []
+            self._start_local()
+            return
+        timeout = connect_timeout_s or float(os.environ.get("FTRAIN_CONNECT_TIMEOUT", "30"))
+        self.trainer_uid = f"{self.env.node_id}/{self.env.local_rank}/{os.getpid()}"
+        self.client = CoordinatorClient(self.env, connect_timeout_s=timeout)
+        self.agents = AgentPool(self.env.token, self.env.job_id)
+        self.engine = SnapshotEngine(self.env.job_id, self.trainer_uid, self.env.node_id, self.agents,
+                                     self._report_snapshot, self._await_commit)
+        self.reporter = metrics.TrainerReporter(os.environ.get("FTRAIN_AGENT_ADDRESS", ""), self.env.token,
+                                                self.env.job_id, self.env.local_rank)
+        self._start_pulse()
+        first = self.client.join(self.trainer_uid, self.generation)
+        if first.status == "ok" and first.config.mode == "async":  # no process group: push/pull every H steps
+            self.model = model  # nothing is averaged in async mode: each worker steps on its own
+            self.reducer.close()
+            self.rank, self.world_size, self.generation = first.rank, first.world_size, first.generation
+            self._first = first
+            return
+        self._recover(first=True, pending=first)
 
     # -- public API --------------------------------------------------------------------------
     def register(self, name: str, obj: Any) -> None:
-        """Adds an object with state_dict()/load_state_dict() (scheduler, scaler...) to the snapshots."""
+        """Adds an object with state_dict()/load_state_dict() (scheduler, scaler...) to the snapshots.
+        When `ftrain.init` restored a snapshot that holds this name, its state is loaded now."""
         if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
             raise TypeError(f"session.register({name!r}, ...): the object needs state_dict() and load_state_dict()")
         if name in self.registered and self.registered[name] is not obj:
             raise ValueError(f"session.register: the name {name!r} is already taken; pick another")
         self.registered[name] = obj
+        if name in self._restored_registered:
+            obj.load_state_dict(self._restored_registered.pop(name))
 
     def global_batch_indices(self) -> list[list[int]]:
         """Dataset indices of every rank's part of the current step's global batch."""
@@ -157,45 +181,77 @@ class Session:
         return self.sampler.global_indices(self.world_size, self.batch_shares or None)
 
     def steps(self, total_steps: int) -> Iterator[tuple[int, Any]]:
-        if total_steps < 0:
-            raise ValueError(f"session.steps: total_steps must be >= 0; got {total_steps}")
+        """Yields (step, batch) until `total_steps` steps are done; resumes at the right step after a
+        recovery. Leaving the loop early (`break`) on every rank at the same step ends the job."""
+        if not isinstance(total_steps, int) or total_steps < 0:
+            raise ValueError(f"session.steps: total_steps must be a whole number >= 0; got {total_steps!r}")
+        if self._closed.is_set():
+            raise RuntimeError("session.steps: the session is finished; call ftrain.init again for a new job")
         if self.env is None:
-            yield from self._local_steps(total_steps)
-            return
-        self._start_pulse()
-        first = self.client.join(self.trainer_uid, self.generation)
-        if first.status == "ok" and first.config.mode == "async":  # no process group: push/pull every H steps
+            generator = self._local_steps(total_steps)
+        elif self._first is not None:
             from ftrain.train.async_worker import AsyncWorker
-            yield from AsyncWorker(self, self.local_steps).run(total_steps, first)
+
+            first, self._first = self._first, None
+            generator = AsyncWorker(self, self.local_steps).run(total_steps, first)
+        else:
+            generator = self._sync_steps(total_steps)
+        self._active_steps = weakref.ref(generator)
+        return generator
+
+    def finish(self) -> None:
+        """Ends the session (also `with ftrain.init(...) as session:`). A loop left early whose
+        generator is still open is closed first, so the job ends at that step."""
+        if self._closed.is_set():
             return
-        self._recover(first=True, pending=first)
+        generator = self._active_steps() if self._active_steps is not None else None
+        if generator is not None and generator.gi_frame is not None and not generator.gi_running:
+            generator.close()
+        self._closed.set()
+        self._report_state()
+        self.reporter.close()
+        self.engine.close()
+        self._step_hook.remove()
+        if self.client is not None:
+            self.client.close()
+        if self._exit_error is not None:
+            error, self._exit_error = self._exit_error, None
+            raise error
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.finish()
+
+    # -- the step ----------------------------------------------------------------------------
+    def _sync_steps(self, total_steps: int) -> Iterator[tuple[int, Any]]:
         while True:
             try:
                 if self.step >= total_steps:
-                    if self._committed_step != self.step:
-                        self._capture_and_wait()
-                    self.client.call("ReportFinished", pb.FinishedReport(
-                        trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step))
-                    self._finished = True
+                    self._finish_job()
                     return
                 if self._moved.is_set():
                     raise _StepFailed("the generation moved on")
                 self._inject_faults()
                 step_started = time.perf_counter()
-                batch, count = self._next_batch()
+                batch, count = self._next_batch(total_steps)
                 self._begin_step(count)
                 if count:
-                    yield self.step, batch
-                else:  # nothing left for this rank in the epoch's tail: contribute zero gradient
-                    self._inner.zero_grad(set_to_none=True)
-                    self.optimizer.step()
-                if not self._stepped:
-                    raise RuntimeError("ftrain: call session.optimizer.step() once in every step of session.steps()")
-                if self._step_error is not None:
-                    raise self._step_error
-                if self.sampler is not None:
-                    self.sampler.advance(self.world_size, self.batch_shares or None)
-                self.step += 1
+                    self.replaying = self.step < self._high_water
+                    try:
+                        yield self.step, batch
+                    except GeneratorExit:
+                        self._left_early(total_steps)
+                        raise
+                    finally:
+                        self.replaying = False
+                else:  # nothing left for this rank in the epoch's tail: it joins with a zero gradient
+                    self._empty_step()
+                self._end_step()
+                if self.reducer.error is not None:
+                    raise self.reducer.error
+                self._advance()
                 self.reporter.step_done(time.perf_counter() - step_started)
                 self._report_state()
                 if self.step % self.snapshot_every == 0 and self.step < total_steps:
@@ -205,46 +261,91 @@ class Session:
             else:
                 continue
             # outside the except block, so the failed step's frames (and its process group) are released
-            self._step_error = None
             self.stats["failed_steps"] += 1
             log.warning("rank %d: step %d failed (%s); recovering", self.rank, self.step, reason[:200])
             self._report_failure(reason)
             self._recover(first=False)
 
-    def finish(self) -> None:
-        if self._closed.is_set():
+    def _advance(self) -> None:
+        if self.sampler is not None:
+            self.sampler.advance(self.world_size, self.batch_shares or None)
+        self.step += 1
+        self._high_water = max(self._high_water, self.step)
+
+    def _finish_job(self) -> None:
+        """The last step is done: commit its snapshot, then tell the coordinator."""
+        if self._committed_step != self.step:
+            self._capture_and_wait()
+        assert self.client is not None
+        self.client.call("ReportFinished", pb.FinishedReport(
+            trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step))
+
+    def _left_early(self, total_steps: int) -> None:
+        """The loop left `session.steps()` during step `self.step` (a break): that step counts as
+        done, its state is committed and the job ends there. A failure is kept for finish()."""
+        if sys.is_finalizing():  # the interpreter is exiting (e.g. after an exception): no job end
             return
-        self._closed.set()
-        self._report_state()
-        self.reporter.close()
-        self.engine.close()
-        if self.client is not None:
-            self.client.close()
+        try:
+            self._end_step()
+            if self.reducer.error is not None:
+                raise RuntimeError(
+                    f"ftrain: a peer failed during step {self.step}, the step at which the loop was left; the step "
+                    f"cannot be replayed after a break, so this trainer exits and the job re-runs it "
+                    f"({self.reducer.error})")
+            self._advance()
+            log.info("rank %d left the loop at step %d; ending the job there", self.rank, self.step)
+            self._finish_job()
+        except _StepFailed as error:
+            self._exit_error = RuntimeError(
+                f"ftrain: rank {self.rank} left session.steps() at step {self.step} but the job could not end "
+                f"there ({error}). Leave the loop on every rank at the same step (decide it together, e.g. with "
+                f"dist.all_reduce on a stop flag)")
+        except BaseException as error:  # raised again by finish(); close() would only print it
+            self._exit_error = error
+        if self._exit_error is not None:
+            log.error("%s", self._exit_error)
 
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.finish()
-
-    # -- the step ----------------------------------------------------------------------------
-    def _next_batch(self) -> tuple[Any, int]:
-        if self.sampler is None:
+    def _next_batch(self, total_steps: int) -> tuple[Any, int]:
+        if self.sampler is None or self._feed is None:
             return None, 1
-        indices = self.sampler.indices(self.rank, self.world_size, self.batch_shares or None)
-        return (self._collate(indices) if indices else None), len(indices)
+        count = self.sampler.rank_counts(self.world_size, self.batch_shares or None)[self.rank]
+        batch = self._feed.next(self.rank, self.world_size, self.batch_shares or None, total_steps - self.step)
+        return batch, count
 
     def _begin_step(self, count: int) -> None:
-        self._stepped = False
-        self._step_error: collectives.CollectiveError | None = None
         if self.sampler is not None:
             counts = self.sampler.rank_counts(self.world_size, self.batch_shares or None)
-            self._local_weight, self._total_weight = float(count), float(sum(counts))
+            self.reducer.weight = count / sum(counts)
         else:
-            self._local_weight, self._total_weight = 1.0, float(self.world_size)
-        if self._has_buffers:  # the forward pass writes buffers (BatchNorm statistics) that a capture reads
+            self.reducer.weight = 1.0 / self.world_size
+        self.reducer.error = None
+        if self._buffer_names:  # the forward pass writes buffers (BatchNorm statistics) that a capture reads
             self._after_snapshot_copy()
+        self._begin_compute()
+
+    def _begin_compute(self) -> None:
+        self._comm_before = self.reducer.comm_wait_s
         self._compute_start = time.perf_counter()
+
+    def _end_step(self) -> None:
+        """After the loop body: compute time for straggler detection (waits in the gradient
+        all-reduce excluded), and `slow-rank` fault injection."""
+        compute = time.perf_counter() - self._compute_start - (self.reducer.comm_wait_s - self._comm_before)
+        if self._slow_factor > 1.0:
+            time.sleep(compute * (self._slow_factor - 1.0))
+            compute *= self._slow_factor
+        self._compute_s += compute
+        self._compute_n += 1
+
+    def _empty_step(self) -> None:
+        if not self._warned_empty:
+            self._warned_empty = True
+            log.warning("rank %d has no sample in the epoch's last step (fewer samples left than ranks): it joins "
+                        "the gradient average with zeros and steps its optimizer itself", self.rank)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.reducer.reduce_zero()
+        if self.reducer.error is None:
+            self.optimizer.step()
 
     def _after_snapshot_copy(self) -> None:
         """GPU state: queue the next write to the state behind the snapshot's side-stream copy (the
@@ -253,32 +354,13 @@ class Session:
         if copy_done is not None:
             torch.cuda.current_stream().wait_event(copy_done)
 
-    def _optimizer_step(self, closure: Callable | None) -> Any:
-        if self._stepped:
-            raise RuntimeError("ftrain: session.optimizer.step() called twice in one step")
-        self._stepped = True
-        if self._slow_factor > 1.0:
-            time.sleep((time.perf_counter() - self._compute_start) * (self._slow_factor - 1.0))
-        self._compute_s += time.perf_counter() - self._compute_start
-        self._compute_n += 1
-        self._after_snapshot_copy()  # the optimizer (and the buffer broadcast) write what a capture reads
-        if (self.env is None and self.world_size == 1) or self._async is not None:
-            return self._inner.step(closure)
-        try:
-            self._sync.allreduce(self._group, self._local_weight, self._total_weight)
-            if self._has_buffers:
-                collectives.broadcast_buffers(self._group, self.model)
-        except collectives.CollectiveError as error:
-            # the user's loop never sees a peer's failure: the step is discarded after the body returns
-            self._step_error = error
-            self._inner.zero_grad(set_to_none=True)
-            return None
-        return self._inner.step(closure)
-
     # -- state -------------------------------------------------------------------------------
     def _replicated(self) -> tuple[list[tuple[str, torch.Tensor]], dict]:
-        tensors = [(f"model/{name}", t) for name, t in self.model.state_dict().items()]
-        opt = self._inner.state_dict()
+        """The state every rank holds alike (parameters, optimizer state), captured 1/N per rank.
+        Buffers are per rank under DDP semantics (each forward starts from rank 0's): see _meta."""
+        tensors = [(f"model/{name}", t) for name, t in self.module.state_dict().items()
+                   if name not in self._buffer_names]
+        opt = self.optimizer.state_dict()
         opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
         for pid in sorted(opt["state"]):
             entry = {}
@@ -306,6 +388,8 @@ class Session:
             "optimizer": opt_meta, "sampler": self.sampler.state_dict() if self.sampler else None,
             "rng": _rng_state(),
             "registered": {name: obj.state_dict() for name, obj in self.registered.items()},
+            "buffers": {name: t.detach().to("cpu", copy=True) for name, t in self.module.state_dict().items()
+                        if name in self._buffer_names},
         }
 
     def _capture(self) -> None:
@@ -379,6 +463,7 @@ class Session:
 
     # -- recovery ----------------------------------------------------------------------------
     def _report_failure(self, reason: str) -> None:
+        assert self.client is not None
         try:  # progress first: the coordinator counts the steps lost between the restore step and here
             self.client.call("ReportProgress", pb.ProgressReport(trainer_uid=self.trainer_uid, generation=self.generation,
                                                                  rank=self.rank, step=self.step))
@@ -388,11 +473,14 @@ class Session:
             log.warning("could not report the failure: %s", error)
 
     def _recover(self, first: bool, pending: pb.GenerationAssignment | None = None) -> None:
+        assert self.client is not None
         if not first:
             self.stats["recoveries"] += 1
         while True:
             self._group = None
-            self._sync.drop_buffers()
+            self.reducer.set_group(None)
+            if self._feed is not None:
+                self._feed.reset()
             self.engine.wait_previous()
             assignment, pending = pending or self.client.join(self.trainer_uid, self.generation), None
             if assignment.status == "complete":
@@ -411,6 +499,7 @@ class Session:
                 self.generation = assignment.generation
 
     def _enter_generation(self, a: pb.GenerationAssignment) -> None:
+        assert self.env is not None
         self.generation, self.rank, self.world_size = a.generation, a.rank, a.world_size
         self.batch_shares = list(a.batch_shares)
         self._members = list(a.members)
@@ -421,13 +510,15 @@ class Session:
                                 default=1.0)
         self._moved.clear()
         self._start_watcher(a.generation)
+        timeout_s = config.collective_timeout_s or 30.0
         if self._store is None or self._store_address != a.store_address:  # a restarted coordinator has a new store
-            self._store = collectives.connect_store(a.store_address, max(30.0, config.collective_timeout_s))
+            self._store = collectives.connect_store(a.store_address, max(30.0, timeout_s))
             self._store_address = a.store_address
         bind_host = os.environ.get("FTRAIN_BIND_HOST", "127.0.0.1")
-        pg = collectives.build_group(self._store, self.env.job_id, a.generation, a.rank, a.world_size,
-                                     config.collective_timeout_s or 30.0, bind_host, self.use_cuda)
+        pg = collectives.install_default_group(self._store, self.env.job_id, a.generation, a.rank, a.world_size,
+                                               timeout_s, bind_host, self.use_cuda)
         self._group = collectives.Group(pg, self._moved.is_set)
+        self.reducer.set_group(self._group)
         self.engine.configure(a.generation, a.rank, a.world_size, self._members, config.ec_k, config.ec_m)
         self.engine.compression = config.compress or "none"
         self._last_capture = None
@@ -438,21 +529,31 @@ class Session:
             self._restore(a)
         self._report_state()
         log.info("rank %d/%d in generation %d at step %d", self.rank, self.world_size, self.generation, self.step)
+        if self.on_generation is not None:
+            self.on_generation(self)
 
-    def _fresh_start(self) -> None:
-        """Nobody has trained yet: everyone starts from rank 0's initial state, then commits step 0."""
-        named, _ = self._replicated()
-        for _, tensor in named:
-            self._group.broadcast(tensor, 0, "initial state broadcast")
-        self.step = 0
-        if self.sampler is not None:
-            self.sampler.epoch, self.sampler.cursor = 0, 0
+    def _seed(self) -> None:
         random.seed(self.seed + self.rank)
         np.random.seed((self.seed + self.rank) % 2**32)
         torch.manual_seed(self.seed + self.rank)
+
+    def _fresh_start(self) -> None:
+        """Nobody has trained yet: everyone starts from rank 0's initial state (parameters and
+        buffers, as DDP's constructor does), then commits step 0."""
+        assert self._group is not None
+        for tensor in self.module.state_dict().values():
+            self._group.broadcast(tensor, 0, "initial state broadcast")
+        for name, tensor in self._replicated()[0]:
+            if name.startswith("optim/"):
+                self._group.broadcast(tensor, 0, "initial optimizer state broadcast")
+        self.step = 0
+        if self.sampler is not None:
+            self.sampler.epoch, self.sampler.cursor = 0, 0
+        self._seed()
         self._capture_and_wait()
 
     def _restore(self, a: pb.GenerationAssignment) -> None:
+        assert self._group is not None
         blobs: dict[int, tuple[dict, np.ndarray]] = {}
         for info in sorted(a.restore_blobs, key=lambda b: b.producer_rank):
             if info.source_rank == self.rank:
@@ -472,19 +573,22 @@ class Session:
         flat = lay.assemble(first_meta["total"], [(meta["slice"][0], payload) for meta, payload in blobs.values()])
         entries = tuple(lay.TensorEntry(*e) for e in first_meta["layout"])
         views = lay.tensors_from_flat(lay.StateLayout(entries, first_meta["total"]), flat)
-        self.model.load_state_dict({name[6:]: t for name, t in views.items() if name.startswith("model/")})
+        old_world = first_meta["world_size"]
+        own = blobs.get(self.rank) or blobs[self.rank % old_world]
+        model_state = {name[6:]: t for name, t in views.items() if name.startswith("model/")}
+        model_state.update(own[0].get("buffers", {}))
+        self.module.load_state_dict(model_state)
         opt_meta = first_meta["optimizer"]
         state: dict[Any, dict[str, Any]] = {}
         for pid, entry in opt_meta["state"].items():
             state[pid] = {key: (views[f"optim/{pid}/{key}"].clone() if value is None else value)
                           for key, value in entry.items()}
-        self._inner.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
-        old_world = first_meta["world_size"]
-        own = blobs.get(self.rank) or blobs[self.rank % old_world]
+        self.optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
         _set_rng_state(own[0]["rng"])
+        self._restored_registered = dict(own[0]["registered"])
         for name, obj in self.registered.items():
-            if name in own[0]["registered"]:
-                obj.load_state_dict(own[0]["registered"][name])
+            if name in self._restored_registered:
+                obj.load_state_dict(self._restored_registered.pop(name))
         if self.sampler is not None and first_meta["sampler"] is not None:
             self.sampler.load_state_dict(first_meta["sampler"])
         self.step = a.restore_step
@@ -497,12 +601,15 @@ class Session:
     def _start_pulse(self) -> None:
         """Every second, from its own thread: 'this process runs; this is my step; am I blocked
         in a collective'. A frozen rank (SIGSTOP, a wedged process) goes silent, which is how the
-        coordinator tells it apart from the peers that are merely waiting for it."""
+        coordinator tells it apart from a rank that is merely busy (a long evaluation, say)."""
+        client = self.client
+        assert client is not None
+
         def pulse() -> None:
             while not self._closed.wait(1.0):
                 group = self._group
                 try:
-                    self.client.call("ReportProgress", pb.ProgressReport(
+                    client.call("ReportProgress", pb.ProgressReport(
                         trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step,
                         in_collective=group is not None and group.waiting_since is not None, pulse=True),
                         timeout=5.0, retry_unavailable=False)
@@ -557,22 +664,24 @@ class Session:
                 log.warning("corrupted %d shard(s) on node %s", len(hit), self._members[fault.target].node_id)
 
     # -- single-process mode -----------------------------------------------------------------
-    def _local_steps(self, total_steps: int) -> Iterator[tuple[int, Any]]:
-        """No coordinator: a plain single-process run, with snapshots in local memory only."""
-        random.seed(self.seed)
-        np.random.seed(self.seed % 2**32)
-        torch.manual_seed(self.seed)
+    def _start_local(self) -> None:
+        """No coordinator: a plain single-process run (a world of one), snapshots in local memory."""
+        collectives.install_single_process_group()
         self.generation = 0
+        self._seed()
         self.engine.configure(0, 0, 1, [pb.Member(node_id="local", address="", first_rank=0, nproc=1)], 1, 0)
+
+    def _local_steps(self, total_steps: int) -> Iterator[tuple[int, Any]]:
         while self.step < total_steps:
-            batch, count = self._next_batch()
+            batch, count = self._next_batch(total_steps)
             self._begin_step(count)
-            yield self.step, batch
-            if not self._stepped:
-                raise RuntimeError("ftrain: call session.optimizer.step() once in every step of session.steps()")
-            if self.sampler is not None:
-                self.sampler.advance(1)
-            self.step += 1
+            try:
+                yield self.step, batch
+            except GeneratorExit:  # a break: the step counts as done, as in the distributed loop
+                self._advance()
+                raise
+            self._end_step()
+            self._advance()
             if self.step % self.snapshot_every == 0:
                 started = time.perf_counter()
                 named, opt_meta = self._replicated()
@@ -581,10 +690,15 @@ class Session:
                 self._committed_step = self.step
                 self.stats["captures"] += 1
                 self.stats["stall_s"] += time.perf_counter() - started
-        self._finished = True
 
 
 def init(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Any = None, batch_size: int = 32,
          seed: int = 0, **options: Any) -> Session:
-    """Wraps an existing model/optimizer for fault-tolerant training (see Session)."""
+    """Wraps an existing model/optimizer for fault-tolerant training (see Session): joins the job's
+    first generation, so `session.rank` and `session.world_size` are known when it returns.
+
+    Data options (as for torch.utils.data.DataLoader): `num_workers`, `collate_fn`, `pin_memory`,
+    `prefetch_factor`, `worker_init_fn`, `multiprocessing_context`, `shuffle`. Others:
+    `snapshot_every`, `bucket_cap_mb` (gradient buckets, default 25), `on_generation` (called with
+    the session after every generation is entered), `local_steps` (async mode)."""
     return Session(model, optimizer, dataset=dataset, batch_size=batch_size, seed=seed, **options)
