@@ -61,6 +61,7 @@ class CoordinatorState:
         self.fired_faults: set[str] = set()
         self.finished: dict[int, int] = {}  # rank -> the step it left session.steps() at
         self.formed_at = clock()  # when the current generation formed (first-pulse grace)
+        self.pulse_seen: dict[str, float] = {}  # trainer uid -> its newest pulse, in any generation (liveness)
         self.job_state = "running"
         self.message = ""
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
@@ -201,7 +202,9 @@ class CoordinatorState:
             return
         now = self.clock()
         live = [r for r in range(plan.generation.world_size) if r not in self.finished]
-        frozen = frozen_ranks({r: seen for r, (seen, _, _) in self.pulses.items()}, live, self.formed_at, now,
+        uids = {a.rank: a.trainer_uid for a in plan.generation.ranks}
+        seen = {r: self.pulse_seen[uid] for r, uid in uids.items() if uid in self.pulse_seen}
+        frozen = frozen_ranks(seen, live, self.formed_at, now,
                               self.settings.pulse_silent_after_s, max(30.0, self.settings.pulse_silent_after_s))
         frozen = [r for r in frozen if (plan.generation.ranks[r].node_id, plan.generation.ranks[r].local_rank)
                   not in self.lost_trainers]
@@ -592,6 +595,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         with self.s.cond:
             plan = self.s.plan
             if request.pulse:
+                self.s.pulse_seen[request.trainer_uid] = self.s.clock()
                 if plan is not None and request.generation == plan.generation.number:
                     self.s.pulses[request.rank] = (self.s.clock(), request.in_collective, request.step)
                     if not self.s.membership.pending:  # as for snapshot reports

@@ -69,7 +69,8 @@ class Session:
 
     Public attributes: `model` (DDP semantics), `optimizer` (the user's own), `rank`,
     `world_size`, `generation`, `step` (steps done), `replaying` (True while a step whose body
-    already ran once is redone after a recovery), `sampler` (the elastic sampler's position).
+    already ran once is redone after a recovery), `discarding` (True when the current step has
+    failed and will be redone), `sampler` (the elastic sampler's position).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Any = None,
@@ -162,6 +163,13 @@ class Session:
         self._recover(first=True, pending=first)
 
     # -- public API --------------------------------------------------------------------------
+    @property
+    def discarding(self) -> bool:
+        """True once a collective of the current step has failed (a peer was lost): the step is
+        discarded when the loop body returns and redone after recovery. Until then
+        torch.distributed's collectives return at once and leave tensors as they are."""
+        return self.reducer.error is not None
+
     def register(self, name: str, obj: Any) -> None:
         """Adds an object with state_dict()/load_state_dict() (scheduler, scaler...) to the snapshots.
         When `ftrain.init` restored a snapshot that holds this name, its state is loaded now."""
@@ -606,7 +614,7 @@ class Session:
         assert client is not None
 
         def pulse() -> None:
-            while not self._closed.wait(1.0):
+            while True:  # the first pulse goes at once: a process is known alive before it joins
                 group = self._group
                 try:
                     client.call("ReportProgress", pb.ProgressReport(
@@ -614,7 +622,9 @@ class Session:
                         in_collective=group is not None and group.waiting_since is not None, pulse=True),
                         timeout=5.0, retry_unavailable=False)
                 except Exception:  # the coordinator may be restarting; the next pulse tries again
-                    continue
+                    pass
+                if self._closed.wait(1.0):
+                    return
 
         threading.Thread(target=pulse, name="ftrain-pulse", daemon=True).start()
 
