@@ -133,3 +133,11 @@ def test_long_pause_is_not_a_hang_but_a_frozen_rank_is_caught_in_seconds(tmp_pat
     caught = next(e for e in events if e.get("failure_kind") == "hang")
     assert caught["rank"] == 1 and "frozen" in caught["message"]
     assert caught["time"] - injected["time"] < 10.0, f"frozen rank caught after {caught['time'] - injected['time']:.1f} s"
+
+
+def test_ported_torchrun_example_survives_kill_node(tmp_path: Path) -> None:
+    job = new_job_id("example")
+    result = run_ftrain(["launch", "--nodes", "3", "--job-id", job, "--inject", "kill-node:1@step=30", "--",
+                         str(REPO / "examples" / "ddp_loop.py"), "--steps", "40"], job, timeout=240)
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert "done at step 40" in result.stdout and "recoveries 1" in result.stdout, result.stdout[-3000:]
