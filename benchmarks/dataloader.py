@@ -1,0 +1,71 @@
+"""Input pipeline throughput: ftrain.init(num_workers=0 / 2) vs torchrun + DDP + DataLoader(num_workers=2).
+
+Items cost ~1 ms each (a sleep, like I/O, and a busy loop, like decoding). Every run happens in
+this one invocation, alternating, and the table prints ftrain's samples/s as a ratio of
+torchrun's. Usage: python benchmarks/dataloader.py [--ranks 2] [--rounds 2]
+"""
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+JOB = str(Path(__file__).resolve().parent / "dataloader_job.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(command: list[str], env: dict[str, str]) -> float:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=600)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    found = re.findall(r"samples/s ([0-9.]+)", output)
+    if process.returncode != 0 or not found:
+        raise SystemExit(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    return float(found[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTRAIN_")}
+    env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    print(f"{args.ranks} ranks, batch 16 per rank, items cost 1 ms; medians of {args.rounds} rounds")
+    print(f"{'items':6} {'torchrun+DDP w=2':>17} {'ftrain w=0':>11} {'ftrain w=2':>11} {'w=2 ratio':>10}")
+    for kind in ("sleep", "cpu"):
+        figures: dict[str, list[float]] = {"torchrun": [], "ft0": [], "ft2": []}
+        common = [JOB, "--kind", kind, "--steps", str(args.steps)]
+        for _ in range(args.rounds):
+            figures["torchrun"].append(run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                                            str(args.ranks), "--master-addr", "127.0.0.1", "--master-port",
+                                            str(free_port()), *common, "--workers", "2"], env))
+            for workers in (0, 2):
+                job = f"bench-dl-{uuid.uuid4().hex[:8]}"
+                figures[f"ft{workers}"].append(run([sys.executable, "-m", "ftrain", "launch", "--nodes",
+                                                    str(args.ranks), "--job-id", job, "--", *common,
+                                                    "--workers", str(workers)], env))
+        med = {k: statistics.median(v) for k, v in figures.items()}
+        print(f"{kind:6} {med['torchrun']:17.1f} {med['ft0']:11.1f} {med['ft2']:11.1f} "
+              f"{med['ft2'] / med['torchrun']:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
