@@ -89,6 +89,12 @@ class ElasticSampler:
             self.epoch += 1
             self.cursor = 0
 
+    def copy(self) -> "ElasticSampler":
+        """A sampler at the same position, to walk ahead without moving this one."""
+        other = ElasticSampler(self.dataset_len, self.batch_size, self.seed, self.shuffle)
+        other.epoch, other.cursor = self.epoch, self.cursor
+        return other
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "dataset_len": self.dataset_len,
                 "batch_size": self.batch_size, "shuffle": self.shuffle}

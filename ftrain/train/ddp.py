@@ -116,11 +116,7 @@ class Reducer:
         if not self._armed:
             return
         if not self._queued:
-            self._queued = True
-            self._next_launch = 0
-            for bucket in self.buckets:
-                bucket.ready.clear()
-                bucket.work = None
+            self._begin_reduction()
             torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
         b, i = self._where[id(param)]
         bucket = self.buckets[b]
@@ -129,6 +125,14 @@ class Reducer:
         self._fill(bucket, i)
         bucket.ready.add(i)
         self._launch_ready()
+
+    def _begin_reduction(self) -> None:
+        """A backward pass starts reducing: no bucket is ready or launched yet."""
+        self._queued = True
+        self._next_launch = 0
+        for bucket in self.buckets:
+            bucket.ready.clear()
+            bucket.work = None
 
     def _flat(self, bucket: _Bucket) -> torch.Tensor:
         if bucket.flat is None:
@@ -202,11 +206,7 @@ class Reducer:
         self.arm()
         if not self._armed:
             return
-        self._queued = True
-        for bucket in self.buckets:
-            bucket.ready.clear()
-            bucket.work = None
-        self._next_launch = 0
+        self._begin_reduction()
         self._finish_backward()
 
 

@@ -71,8 +71,7 @@ class _StepBatches:
 
     def __init__(self, sampler: ElasticSampler, rank: int, world_size: int, shares: Sequence[int] | None,
                  steps: int) -> None:
-        self.sampler = ElasticSampler(sampler.dataset_len, sampler.batch_size, sampler.seed, sampler.shuffle)
-        self.sampler.epoch, self.sampler.cursor = sampler.epoch, sampler.cursor
+        self.sampler = sampler.copy()
         self.rank, self.world_size, self.shares, self.steps = rank, world_size, shares, steps
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -141,9 +140,7 @@ class BatchFeed:
             self._iterator = iter(loader)
         batch = next(self._iterator)
         # where the loader's walk will be after this batch, if the loop consumes it
-        probe = ElasticSampler(self.sampler.dataset_len, self.sampler.batch_size, self.sampler.seed,
-                               self.sampler.shuffle)
-        probe.epoch, probe.cursor = self.sampler.epoch, self.sampler.cursor
+        probe = self.sampler.copy()
         probe.advance(world_size, shares)
         self._key = (rank, world_size, tuple(shares or ()), probe.epoch, probe.cursor)
         return batch
