@@ -16,6 +16,9 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from ftrain.config import ConfigError  # noqa: E402
+from ftrain.textfmt import install_trainer_log_format  # noqa: E402
+
+install_trainer_log_format()  # only in a trainer an agent started (FTRAIN_LOG_SOURCE set)
 
 __all__ = ["init", "Session", "ConfigError", "CoordinatorUnavailable", "Unauthenticated", "JobFailed"]
 __version__ = "0.1.0"

@@ -144,26 +144,40 @@ def cmd_launch(args: argparse.Namespace) -> int:
         launcher = ray_launcher(args, settings, _script_command(args), **common)
     else:
         launcher = LocalLauncher(settings, args.nproc_per_node, _script_command(args), spares=args.spares, **common)
-    print(f"ftrain launch: coordinator {launcher.coordinator.address}"
-          + (f", metrics on port {launcher.coordinator.metrics_port}" if launcher.coordinator.metrics_port else ""),
-          file=sys.stderr, flush=True)
+    from ftrain.textfmt import LINE_WIDTH, say
+
+    if args.events_file:  # written live: a launcher killed mid-run leaves the events up to then
+        launcher.coordinator.state.open_events_file(args.events_file)
+    say("ftrain launch", f"coordinator {launcher.coordinator.address}"
+        + (f", metrics on port {launcher.coordinator.metrics_port}" if launcher.coordinator.metrics_port else "")
+        + f"; starting {settings.target_nodes} node(s)" + (f" and {args.spares} spare(s)" if args.spares else ""))
     try:
         code = launcher.run()
     except KeyboardInterrupt:  # the launcher has already torn its agents down
-        print("ftrain launch: interrupted; every agent was stopped", file=sys.stderr)
+        say("ftrain launch", "interrupted; every agent was stopped")
         return 130
-    state = launcher.coordinator.state
-    print(f"ftrain launch: job {state.job_state}"
-          + (f": {state.message}" if state.message else "")
-          + f" (failures {state.failures}, recoveries {state.recoveries}, last committed step "
-            f"{state.catalog.newest_committed})", file=sys.stderr)
-    if args.events_file:
-        import json
-
-        with open(args.events_file, "w") as f:
-            for event in list(state.events):
-                f.write(json.dumps(event) + "\n")
+    for index, line in enumerate(job_summary(launcher.coordinator.state.status())):
+        say("ftrain launch", line, width=0 if index == 0 else LINE_WIDTH)
     return code
+
+
+def job_summary(status: dict) -> list[str]:
+    """The launcher's closing lines: outcome, effective erasure code and codec, failures and steps,
+    and in async mode the aggregator's version, updates and staleness."""
+    from ftrain.status import aggregator_line, codec_text, ec_line
+    from ftrain.textfmt import strip_source_paths
+
+    # the outcome's message is ftrain's own (it names lost shards, hosts, files): kept whole
+    head = f"job {status['state']}" + (f": {strip_source_paths(status['message'])}" if status.get("message") else "")
+    lines = [head, f"{ec_line(status)}; codec {codec_text(status)}"]
+    committed = status.get("last_committed_step", -1)
+    lines.append(f"failures {status.get('failures', 0)}, recoveries {status.get('recoveries', 0)}, "
+                 f"lost steps {status.get('lost_steps', 0)}, last committed step "
+                 + (str(committed) if committed >= 0 else "none"))
+    aggregator = aggregator_line(status)
+    if aggregator:
+        lines.append(aggregator)
+    return lines
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
@@ -171,7 +185,10 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
     settings = _settings(args, args.replace_timeout)
     coordinator = Coordinator(settings, _token_from_env("ftrain coordinator"), host=args.host, port=args.port,
-                              metrics_port=args.metrics_port).start()
+                              metrics_port=args.metrics_port)
+    if args.events_file:
+        coordinator.state.open_events_file(args.events_file)
+    coordinator.start()
     print(f"ftrain coordinator listening on {coordinator.address}", flush=True)
     try:
         state = coordinator.wait_done()
@@ -258,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hot-spare nodes started up front; one takes a lost node's ranks at once (local backend)")
     launch.add_argument("--no-replace", action="store_true", help="shrink to the survivors instead of replacing")
     launch.add_argument("--timeout", type=float, default=None, help="fail the job after this many seconds")
-    launch.add_argument("--events-file", default=None, help="write the coordinator's events here (JSON lines) at the end")
+    launch.add_argument("--events-file", default=None,
+                        help="write the coordinator's events here as they happen (JSON lines, one flushed line each)")
     launch.add_argument("--coordinator-port", type=int, default=0,
                         help="port of the embedded coordinator (default: a free one; for `ftrain status` set "
                              f"{ENV_TOKEN} too, else the job gets a random token)")
@@ -274,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--port", type=int, default=29400)
     coord.add_argument("--replace-timeout", type=float, default=60.0,
                        help="seconds a lost node's slot waits for a replacement before the job shrinks")
+    coord.add_argument("--events-file", default=None,
+                       help="write the events here as they happen (JSON lines, one flushed line each)")
     coord.set_defaults(func=cmd_coordinator)
 
     agent = sub.add_parser("agent", help="run a node agent (token from FTRAIN_TOKEN)")
@@ -318,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ftrain.textfmt import install_log_format
+
+    install_log_format(getattr(logging, str(args.log_level).upper(), logging.WARNING))
     try:
         _apply_tls(args)
         return int(args.func(args) or 0)

@@ -6,6 +6,7 @@ failure and the final parameters are compared bit for bit.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ftrain.config import JobSettings, parse_fault
 from ftrain.launch.local import LocalLauncher
+from ftrain.textfmt import LINE_WIDTH, fit
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits_mlp.py"
 BAR = 32
@@ -34,6 +36,7 @@ class LiveView:
         self.tty = hasattr(out, "isatty") and out.isatty()
         self.last_line = ""
         self.last_filled = -1
+        self.announced = False
 
     def __call__(self, launcher: LocalLauncher) -> None:
         state = launcher.coordinator.state
@@ -44,14 +47,20 @@ class LiveView:
             plan = state.plan
             world = plan.generation.world_size if plan else 0
             generation = plan.generation.number if plan else -1
+            joined = sum(1 for node in state.membership.nodes.values() if node.alive)
+        if self.live and not self.announced:  # the nodes take seconds to start: say so
+            self.out.write(f"  {self.label}: starting {len(launcher.agents)} nodes (agent + trainer processes)...\n")
+            self.announced = True
         for event in events:
             if self.live and event["kind"] in ("inject", "failure", "generation", "recovered", "job-complete", "job-failed"):
                 if self.tty:
                     self.out.write("\r" + " " * 79 + "\r")
-                self.out.write(f"  [{time.monotonic() - self.started:6.1f}s] {event['kind']:>12}: {event['message'][:100]}\n")
+                self.out.write(fit(f"  {time.monotonic() - self.started:5.1f}s {self.label}: {event['message']}",
+                                   LINE_WIDTH) + "\n")
         filled = int(BAR * min(step, self.total) / max(self.total, 1))
-        line = (f"  {self.label:<9} [{'#' * filled}{'.' * (BAR - filled)}] step {step:>3}/{self.total} "
-                f"world {world} gen {max(generation, 0)}")[:79]
+        where = (f"world {world} gen {generation}" if generation >= 0
+                 else f"{joined}/{launcher.settings.target_nodes} nodes joined")
+        line = f"  {self.label:<9} [{'#' * filled}{'.' * (BAR - filled)}] step {step:>3}/{self.total} {where}"[:79]
         if not self.live or (line == self.last_line and not events):
             return
         if self.tty:
@@ -81,9 +90,16 @@ def _run(label: str, nodes: int, steps: int, out: Path, inject: list[str], log_d
     state = launcher.coordinator.state
     recovered = [e for e in state.events if e["kind"] == "recovered"]
     restores = [e.get("restore_step", -1) for e in state.events if e["kind"] == "generation"][1:]
-    return code, {"seconds": time.monotonic() - started, "failures": state.failures, "recoveries": state.recoveries,
+    status = state.status()
+    return code, {"status": status,"seconds": time.monotonic() - started, "failures": state.failures, "recoveries": state.recoveries,
                   "recovery_s": recovered[0]["recovery_s"] if recovered else None,
                   "restore_step": restores[0] if restores else None, "message": state.message}
+
+
+def _ec_summary(status: dict) -> str:
+    from ftrain.status import codec_text, ec_line
+
+    return f"{ec_line(status).removeprefix('EC ')}; codec {codec_text(status)}"
 
 
 def run_demo(steps: int = 60, kill_step: int = 25, nodes: int = 4) -> int:
@@ -96,10 +112,19 @@ def run_demo(steps: int = 60, kill_step: int = 25, nodes: int = 4) -> int:
         print("ftrain demo: --nodes must be >= 2 (one node is killed)", file=sys.stderr)
         return 2
     logging.getLogger("ftrain").setLevel(logging.ERROR)  # the live view reports what matters
+    from ftrain.snapshot.erasure import default_backend, isal_library_path
+    from ftrain.snapshot.placement import effective_code
+    from ftrain.textfmt import survives
+
     victim = nodes // 2
+    k, m = effective_code(4, 2, nodes)
+    backend = default_backend()
+    where = f" ({os.path.basename(isal_library_path() or '')})" if backend == "isal" else " (slow: pip install pyeclib)"
     print(f"ftrain demo: {nodes} simulated nodes x 1 CPU trainer, MLP on sklearn digits, {steps} steps.\n"
           f"Node {victim} (agent + trainer + the snapshot shards it holds) is SIGKILLed at step {kill_step};\n"
-          f"a replacement node joins and the job restores from erasure-coded in-memory snapshots.\n")
+          f"a replacement node joins and the job restores from erasure-coded in-memory snapshots.\n"
+          f"Snapshots are Reed-Solomon {k}+{m} coded (survives {survives(k, m, nodes)} node losses at once), "
+          f"codec {backend}{where}.\n")
     with tempfile.TemporaryDirectory(prefix="ftrain-demo-") as tmp:
         tmp_path = Path(tmp)
         code, run = _run("faulty", nodes, steps, tmp_path / "faulty.pt", [f"kill-node:{victim}@step={kill_step}"],
@@ -122,7 +147,9 @@ def run_demo(steps: int = 60, kill_step: int = 25, nodes: int = 4) -> int:
         ("failures", f"{run['failures']} (node {victim} killed at step {kill_step})"),
         ("recoveries", str(run["recoveries"])),
         ("recovery time", f"{run['recovery_s']:.2f} s (failure -> next committed step)" if run["recovery_s"] else "-"),
-        ("restored from", f"step {run['restore_step']} (in-memory, erasure-coded; no file written)"),
+        ("restored from", f"the snapshot of step {run['restore_step']} (in memory, erasure-coded; no file written)"
+         if run["restore_step"] is not None and run["restore_step"] >= 0 else "the start (no snapshot committed yet)"),
+        ("erasure code", _ec_summary(run["status"])),
         ("lost steps", f"0 ({recomputed} step(s) recomputed from the snapshot, same samples, same RNG)"),
         ("final loss", f"{faulty['final_loss']:.4f} (accuracy {faulty['accuracy']:.3f})"),
         ("failure-free run", f"final loss {reference['final_loss']:.4f}"),

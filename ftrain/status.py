@@ -1,10 +1,12 @@
 """`ftrain status --coordinator HOST:PORT [--json]`: a running job at a glance.
 
 Asks the coordinator's `GetStatus` RPC (token from `FTRAIN_TOKEN`) and prints members,
-generation, world size, last committed step, snapshot stall and interval, stragglers and the
-last events as a table that fits an 80-column terminal, or, with `--json`, the coordinator's
-JSON as is (keys `generation`, `world_size`, `last_committed_step` are stable: the Kubernetes
-operator reads them). Neither shows the token or any other secret.
+generation, world size, last committed step, the erasure code in use (and the one requested),
+the codec backend of the nodes, snapshot stall and interval, stragglers, in async mode the
+aggregator's version, updates and staleness, and the last events as a table that fits an
+80-column terminal, or, with `--json`, the coordinator's JSON as is (keys `generation`,
+`world_size`, `last_committed_step` are stable: the Kubernetes operator reads them). Neither
+shows the token or any other secret.
 """
 from __future__ import annotations
 
@@ -120,6 +122,45 @@ def _seconds(value: Any) -> str:
     return f"{value:.1f} s"
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "es" if word.endswith("ss") else "s")
+
+
+def ec_line(status: dict[str, Any]) -> str:
+    """The erasure code in use: 'EC 1+1 on 3 nodes (requested 4+2): survives 2 node losses at once'."""
+    eff = status.get("ec_effective") or {}
+    requested = status.get("ec", "?")
+    if not eff:
+        return f"EC {requested}"
+    code = f"{eff.get('k', '?')}+{eff.get('m', '?')}"
+    note = "" if code == requested else f" (requested {requested})"
+    lost = int(eff.get("survives_node_losses", 0))
+    if eff.get("of") == "aggregator state":
+        return (f"EC {code}{note} for the aggregator's state on {_plural(int(eff.get('nodes', 0)), 'agent')}: "
+                f"survives {_plural(lost, 'agent loss')}")
+    return f"EC {code} on {_plural(int(eff.get('nodes', 0)), 'node')}{note}: survives {_plural(lost, 'node loss')} at once"
+
+
+def codec_text(status: dict[str, Any]) -> str:
+    """'isal' when every node runs it, else 'isal on 2 nodes, numpy on 1'."""
+    backends = status.get("codec_backends") or {}
+    if not backends:
+        return "-"
+    if len(backends) == 1:
+        return next(iter(backends))
+    return ", ".join(f"{name} on {_plural(count, 'node')}" for name, count in backends.items())
+
+
+def aggregator_line(status: dict[str, Any]) -> str | None:
+    """Async mode: 'aggregator version 12: 40 updates accepted, 2 ignored; staleness mean 0.8, max 3'."""
+    agg = status.get("aggregator")
+    if not agg:
+        return None
+    return (f"aggregator version {agg.get('version', 0)}: {agg.get('updates_applied', 0)} updates accepted, "
+            f"{agg.get('updates_ignored', 0)} ignored, {agg.get('updates_refused', 0)} refused; staleness mean "
+            f"{float(agg.get('mean_staleness', 0.0)):.2f}, max {agg.get('max_staleness', 0)}")
+
+
 def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
     """The readable table (every line at most `width` characters)."""
     s = status
@@ -128,7 +169,11 @@ def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
     if s.get("message"):
         head += f": {s['message']}"
     lines.append(_cut(head, width))
-    lines.append(_cut(f"mode {s.get('mode', '?')}  EC {s.get('ec', '?')}  uptime {s.get('uptime_s', 0):.0f} s", width))
+    lines.append(_cut(f"mode {s.get('mode', '?')}  codec {codec_text(s)}  uptime {s.get('uptime_s', 0):.0f} s", width))
+    lines.append(_cut(ec_line(s), width))
+    aggregator = aggregator_line(s)
+    if aggregator:
+        lines.append(_cut(aggregator, width))
     pending = "  (re-forming)" if s.get("pending_generation") else ""
     lines.append(_cut(f"generation {s.get('generation', -1)}  world size {s.get('world_size', 0)}  "
                       f"last committed step {s.get('last_committed_step', -1)}{pending}", width))

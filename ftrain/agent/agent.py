@@ -42,6 +42,13 @@ def die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _codec_backend() -> str:
+    """The erasure codec backend this node's trainers load (same interpreter and environment)."""
+    from ftrain.snapshot.erasure import default_backend
+
+    return default_backend()
+
+
 @dataclass
 class TrainerProcess:
     local_rank: int
@@ -122,6 +129,7 @@ class Agent:
                                           protocol_version=cfg.PROTOCOL_VERSION,
                                           metrics_address=f"{self.host}:{self.metrics_port}" if self.metrics_port else "",
                                           slot=self.slot, generation=self.generation,
+                                          ec_backend=_codec_backend(),
                                           held=[pb.HeldShard(blob_info=info, index=index)
                                                 for info, index in self.store.held()])
         while True:
@@ -204,6 +212,7 @@ class Agent:
             cfg.ENV_COORDINATOR: self.coordinator, cfg.ENV_JOB_ID: self.job_id, cfg.ENV_NODE_ID: self.node_id,
             cfg.ENV_LOCAL_RANK: str(local_rank), cfg.ENV_TOKEN: self.token,
             "FTRAIN_AGENT_ADDRESS": self.address, "FTRAIN_BIND_HOST": self.host,
+            "FTRAIN_LOG_SOURCE": f"{self.node_id}/{local_rank}",  # ftrain.textfmt: one log line format
         })
         env.setdefault("OMP_NUM_THREADS", "1")
         return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)

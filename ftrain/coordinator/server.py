@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import grpc
 
@@ -27,6 +27,8 @@ from ftrain.coordinator.finish import finish_verdict
 from ftrain.coordinator.membership import Generation, Membership
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, make_server, open_channel, token_metadata
+from ftrain.snapshot.placement import effective_code
+from ftrain.textfmt import restore_phrase, short_reason, survives
 
 log = logging.getLogger("ftrain.coordinator")
 
@@ -84,6 +86,8 @@ class CoordinatorState:
         self.pulses: dict[int, tuple[float, bool, int]] = {}  # rank -> (last pulse, in a collective, at step)
         self.held_shards: dict[tuple[str, int], BlobRecord] = {}  # reported by re-registering agents
         self.metrics_endpoints: dict[str, str] = {}  # node -> its agent's /metrics host:port
+        self.codec_backends: dict[str, str] = {}  # node -> the erasure codec backend its agent reported
+        self.events_sink: IO[str] | None = None  # --events-file: one flushed JSON line per event
         self.aggregator: Any = None  # async mode: ftrain.aggregate.server.AggregatorService on this server
         self._last_commit: tuple[int, int, float] | None = None  # (generation, step, time): step duration
 
@@ -92,6 +96,30 @@ class CoordinatorState:
         record = {"time": round(time.time(), 3), "kind": kind, "message": message, **extra}
         self.events.append(record)
         log.info("%s: %s", kind, message)
+        if self.events_sink is not None:
+            self._write_event(record)
+
+    def _write_event(self, record: dict[str, Any]) -> None:
+        assert self.events_sink is not None
+        try:
+            self.events_sink.write(json.dumps(record) + "\n")
+            self.events_sink.flush()  # a launcher killed right after still leaves this line
+        except (OSError, ValueError) as error:  # a full disk must not stop the job
+            log.warning("cannot write the events file: %s", error)
+            self.events_sink = None
+
+    def open_events_file(self, path: str) -> None:
+        """Writes the events so far, then every new one as it happens, to `path` (JSON lines)."""
+        with self.cond:
+            self.events_sink = open(path, "w", encoding="utf-8")
+            for record in list(self.events):
+                self._write_event(record)
+
+    def close_events_file(self) -> None:
+        with self.cond:
+            if self.events_sink is not None:
+                self.events_sink.close()
+                self.events_sink = None
 
     def config_message(self) -> pb.JobConfig:
         s = self.settings
@@ -209,6 +237,8 @@ class CoordinatorState:
         frozen = [r for r in frozen if (plan.generation.ranks[r].node_id, plan.generation.ranks[r].local_rank)
                   not in self.lost_trainers]
         hung = sorted(set(self.hang.hung(now)) | set(frozen))
+        if frozen:
+            print("DBGFROZEN", now, frozen, {r: (uids[r], round(now - seen[r], 2) if r in seen else None) for r in uids}, round(now - self.formed_at, 2), flush=True)
         if not hung:
             return
         # peers blocked in a collective on the culprit make no progress either: kill only the ranks
@@ -299,8 +329,8 @@ class CoordinatorState:
             self.metrics.recoveries.inc()
         self.event(
             "generation",
-            f"generation {generation.number} formed: world size {generation.world_size} on nodes "
-            f"{', '.join(generation.node_ids())}; restore step {restore_step}",
+            f"generation {generation.number} formed: world size {generation.world_size} on "
+            f"{', '.join(generation.node_ids())}; {restore_phrase(restore_step)}",
             generation=generation.number, world_size=generation.world_size, restore_step=restore_step,
         )
         self.cond.notify_all()
@@ -327,19 +357,60 @@ class CoordinatorState:
             self.try_form()
         return []
 
+    def effective_ec(self) -> dict[str, Any]:
+        """The erasure code in use (call with the lock held): k+m as the current generation's
+        snapshots are coded (from its committed blobs, else what ftrain.snapshot.placement gives
+        for its nodes), the node count it is spread over and how many simultaneous node losses it
+        survives. In async mode: the aggregator's snapshots (spread over the agents only)."""
+        s = self.settings
+        if s.mode == "async" and self.aggregator is not None:
+            snap = self.aggregator.protector.summary()
+            nodes = len(snap.get("nodes") or [])
+            k, m = (int(x) for x in str(snap.get("ec", "0+0")).split("+"))
+            if k == 0:  # nothing stored yet: what the next snapshot will use
+                nodes = sum(1 for n in self.membership.nodes.values() if n.alive)
+                k, m = effective_code(s.ec.k, s.ec.m, nodes + 1)
+            return {"k": k, "m": m, "nodes": nodes, "survives_node_losses": m if nodes else 0,
+                    "of": "aggregator state", "source": "stored" if snap.get("stored") else "planned"}
+        plan = self.plan
+        nodes = len(plan.generation.node_ids()) if plan else s.target_nodes
+        k, m = effective_code(s.ec.k, s.ec.m, nodes)
+        source = "planned"
+        if plan is not None:
+            blobs = self.catalog.blobs(self.catalog.newest_committed)
+            if blobs and blobs[0].info.generation == plan.generation.number:
+                k, m, source = int(blobs[0].info.k), int(blobs[0].info.m), "committed"
+        return {"k": k, "m": m, "nodes": nodes, "survives_node_losses": survives(k, m, nodes),
+                "of": "snapshots", "source": source}
+
+    def _node_step(self, node_id: str, reported: int | None) -> int | None:
+        """A node's step, consistent with the committed step (call with the lock held): for a node
+        holding ranks of the current generation, the newest step its ranks reported (pulses and
+        snapshot reports), never below the step they restored or the last committed one; for
+        other nodes the step their agent last reported."""
+        plan = self.plan
+        ranks = [a.rank for a in plan.generation.ranks if a.node_id == node_id] if plan else []
+        if not ranks:
+            return reported
+        steps = [self.progress[r][0] for r in ranks if r in self.progress]
+        floor = max(plan.restore_step, self.catalog.newest_committed) if plan else -1
+        return max(steps + [floor]) if steps or floor >= 0 else reported
+
     def status(self) -> dict[str, Any]:
         with self.cond:
             m = self.membership
             plan = self.plan
             members = []
             for node in m.nodes.values():
+                reported = max((t.last_step for t in self.trainers.get(node.node_id, [])), default=None)
                 members.append({
                     "node": node.node_id, "address": node.address, "nproc": node.nproc, "alive": node.alive,
                     "slot": node.slot, "heartbeat_age_s": round(self.clock() - self.last_seen[node.node_id], 2)
                     if node.node_id in self.last_seen else None,
                     "ranks": [a.rank for a in plan.generation.ranks if a.node_id == node.node_id] if plan else [],
-                    "step": max((t.last_step for t in self.trainers.get(node.node_id, [])), default=None),
+                    "step": self._node_step(node.node_id, reported) if node.alive else reported,
                     "metrics": self.metrics_endpoints.get(node.node_id, ""),
+                    "codec": self.codec_backends.get(node.node_id, ""),
                 })
             return {
                 "job_id": self.settings.job_id,
@@ -351,7 +422,10 @@ class CoordinatorState:
                 "last_committed_step": self.catalog.newest_committed,
                 "committed_steps": self.catalog.committed_steps,
                 "mode": self.settings.mode,
-                "ec": str(self.settings.ec),
+                "ec": str(self.settings.ec),  # requested; ec_effective is what runs
+                "ec_effective": self.effective_ec(),
+                "codec_backends": dict(sorted(collections.Counter(
+                    self.codec_backends.get(n.node_id, "unknown") for n in m.nodes.values() if n.alive).items())),
                 "snapshot_every": self.settings.snapshot_every,
                 "snapshot_stall_s": round(self.stall_s, 6),
                 "snapshot_interval_s": round(self.snapshot_interval_s, 4),
@@ -392,6 +466,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                                  slot=request.slot if request.held or request.generation >= 0 else -1)
             s.last_seen[node_id] = s.clock()
             s.metrics_endpoints[node_id] = request.metrics_address
+            s.codec_backends[node_id] = request.ec_backend or "unknown"
             if request.generation >= 0:
                 s.membership.observe_generation(request.generation)
             if request.held and s.plan is None:
@@ -486,7 +561,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             opened = s.membership.collective_failed(request.generation, s.clock())
             if opened:
                 s.event("collective-failed", f"rank {request.rank} of generation {request.generation}: "
-                                             f"{request.reason[:200]}")
+                                             f"{short_reason(request.reason)}")
                 if s.failure_since is None:
                     s.failure_since = s.clock()
                 s.cond.notify_all()
@@ -700,3 +775,4 @@ class Coordinator:
     def stop(self, grace: float = 1.0) -> None:
         self._stop.set()
         self.server.stop(grace).wait(grace + 1)
+        self.state.close_events_file()

@@ -18,7 +18,8 @@ Backends (``ReedSolomon.backend``):
   the caller's numpy buffers, zero-copy (about memcpy speed; the call releases the GIL).
 * ``"numpy"``: vectorised fallback using per-coefficient 16-bit lookup tables, processed in
   column chunks of 256 KiB per row so temporaries stay cache-sized; byte-identical output,
-  about 1 GB/s of data for RS(4, 2) (ISA-L is 10-20x faster: install libisal2).
+  about 1 GB/s of data for RS(4, 2) (ISA-L is 10-20x faster; ``pip install ftrain`` brings it
+  with the ``pyeclib`` wheel, apt's ``libisal2`` works too).
 
 Selection: the ``backend=`` argument, else the environment variable
 ``FTRAIN_EC_BACKEND=isal|numpy``, else ISA-L when it can be loaded, else numpy. The choice is
@@ -57,6 +58,7 @@ __all__ = [
     "split_blob",
     "join_blob",
     "isal_library_path",
+    "default_backend",
     "cauchy_matrix",
 ]
 
@@ -326,6 +328,15 @@ def _log_choice(backend: str, detail: str) -> None:
     log.info("erasure codec backend: %s (%s)", backend, detail)
 
 
+def default_backend() -> str:
+    """The backend a ``ReedSolomon`` made in this process without ``backend=`` uses: ``"isal"`` or
+    ``"numpy"`` (``"unavailable: ..."`` when ``$FTRAIN_EC_BACKEND`` asks for one that cannot load)."""
+    try:
+        return _select_backend(None)[0]
+    except (RuntimeError, ValueError) as error:
+        return f"unavailable: {error}"
+
+
 def _select_backend(requested: str | None) -> tuple[str, _IsaL | None]:
     source = "backend= argument"
     if requested is None:
@@ -344,7 +355,7 @@ def _select_backend(requested: str | None) -> tuple[str, _IsaL | None]:
                 f" package libisal2 (apt-get install libisal2), pip install pyeclib, or set"
                 f" {_ENV_LIB}=/path/to/libisal.so.2"
             )
-        _log_choice("numpy", f"{detail}; install libisal2 for ~10x faster coding")
+        _log_choice("numpy", f"{detail}; pip install pyeclib (or apt-get install libisal2) for ~10x faster coding")
         return "numpy", None
     _log_choice("isal", f"{detail}" + (f", forced by {source}" if requested else ""))
     return "isal", lib

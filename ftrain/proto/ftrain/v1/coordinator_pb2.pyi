@@ -29,7 +29,7 @@ class TrainerInfo(_message.Message):
     def __init__(self, local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version", "metrics_address", "slot", "generation", "held")
+    __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version", "metrics_address", "slot", "generation", "held", "ec_backend")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class RegisterAgentRequest(_message.Message):
     SLOT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    EC_BACKEND_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     address: str
@@ -50,7 +51,8 @@ class RegisterAgentRequest(_message.Message):
     slot: int
     generation: int
     held: _containers.RepeatedCompositeFieldContainer[HeldShard]
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., nproc: _Optional[int] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ..., metrics_address: _Optional[str] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., held: _Optional[_Iterable[_Union[HeldShard, _Mapping]]] = ...) -> None: ...
+    ec_backend: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., nproc: _Optional[int] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ..., metrics_address: _Optional[str] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., held: _Optional[_Iterable[_Union[HeldShard, _Mapping]]] = ..., ec_backend: _Optional[str] = ...) -> None: ...
 
 class HeldShard(_message.Message):
     __slots__ = ("blob_info", "index")
