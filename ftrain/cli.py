@@ -164,20 +164,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def job_summary(status: dict) -> list[str]:
     """The launcher's closing lines: outcome, effective erasure code and codec, failures and steps,
     and in async mode the aggregator's version, updates and staleness."""
-    from ftrain.status import aggregator_line, codec_text, ec_line
+    from ftrain.status import aggregator_lines, codec_text, ec_line
     from ftrain.textfmt import strip_source_paths
 
     # the outcome's message is ftrain's own (it names lost shards, hosts, files): kept whole
     head = f"job {status['state']}" + (f": {strip_source_paths(status['message'])}" if status.get("message") else "")
-    lines = [head, f"{ec_line(status)}; codec {codec_text(status)}"]
+    lines = [head, ec_line(status)]
     committed = status.get("last_committed_step", -1)
-    lines.append(f"failures {status.get('failures', 0)}, recoveries {status.get('recoveries', 0)}, "
-                 f"lost steps {status.get('lost_steps', 0)}, last committed step "
-                 + (str(committed) if committed >= 0 else "none"))
-    aggregator = aggregator_line(status)
-    if aggregator:
-        lines.append(aggregator)
-    return lines
+    lines.append(f"codec {codec_text(status)}; failures {status.get('failures', 0)}, recoveries "
+                 f"{status.get('recoveries', 0)}, lost steps {status.get('lost_steps', 0)}"
+                 + (f", last committed step {committed}" if status.get("mode") != "async" else ""))
+    return lines + aggregator_lines(status)
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:

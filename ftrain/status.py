@@ -136,7 +136,7 @@ def ec_line(status: dict[str, Any]) -> str:
     note = "" if code == requested else f" (requested {requested})"
     lost = int(eff.get("survives_node_losses", 0))
     if eff.get("of") == "aggregator state":
-        return (f"EC {code}{note} for the aggregator's state on {_plural(int(eff.get('nodes', 0)), 'agent')}: "
+        return (f"aggregator state EC {code} on {_plural(int(eff.get('nodes', 0)), 'agent')}{note}: "
                 f"survives {_plural(lost, 'agent loss')}")
     return f"EC {code} on {_plural(int(eff.get('nodes', 0)), 'node')}{note}: survives {_plural(lost, 'node loss')} at once"
 
@@ -151,14 +151,16 @@ def codec_text(status: dict[str, Any]) -> str:
     return ", ".join(f"{name} on {_plural(count, 'node')}" for name, count in backends.items())
 
 
-def aggregator_line(status: dict[str, Any]) -> str | None:
-    """Async mode: 'aggregator version 12: 40 updates accepted, 2 ignored; staleness mean 0.8, max 3'."""
+def aggregator_lines(status: dict[str, Any]) -> list[str]:
+    """Async mode: 'aggregator version 12: 40 updates accepted, 2 ignored, 0 refused' and
+    'staleness of accepted updates: mean 0.80, max 3' (none in sync mode)."""
     agg = status.get("aggregator")
     if not agg:
-        return None
-    return (f"aggregator version {agg.get('version', 0)}: {agg.get('updates_applied', 0)} updates accepted, "
-            f"{agg.get('updates_ignored', 0)} ignored, {agg.get('updates_refused', 0)} refused; staleness mean "
-            f"{float(agg.get('mean_staleness', 0.0)):.2f}, max {agg.get('max_staleness', 0)}")
+        return []
+    return [f"aggregator version {agg.get('version', 0)}: {agg.get('updates_applied', 0)} updates accepted, "
+            f"{agg.get('updates_ignored', 0)} ignored, {agg.get('updates_refused', 0)} refused",
+            f"staleness of accepted updates: mean {float(agg.get('mean_staleness', 0.0)):.2f}, "
+            f"max {agg.get('max_staleness', 0)}"]
 
 
 def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
@@ -171,9 +173,7 @@ def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
     lines.append(_cut(head, width))
     lines.append(_cut(f"mode {s.get('mode', '?')}  codec {codec_text(s)}  uptime {s.get('uptime_s', 0):.0f} s", width))
     lines.append(_cut(ec_line(s), width))
-    aggregator = aggregator_line(s)
-    if aggregator:
-        lines.append(_cut(aggregator, width))
+    lines += [_cut(line, width) for line in aggregator_lines(s)]
     pending = "  (re-forming)" if s.get("pending_generation") else ""
     lines.append(_cut(f"generation {s.get('generation', -1)}  world size {s.get('world_size', 0)}  "
                       f"last committed step {s.get('last_committed_step', -1)}{pending}", width))

@@ -300,14 +300,16 @@ def test_async_job_with_slow_and_killed_node_converges_and_records_staleness(tmp
     assert "node2" not in agg["snapshot"]["nodes"]
     # the launcher's summary names the aggregator's version, updates and staleness, and the code in use
     # (4 agents hold the aggregator's state: 4+2 requested runs as 3+1 there, so 1 agent may be lost)
-    line = re.search(r"aggregator version (\d+): (\d+) updates accepted, (\d+) ignored, (\d+) refused; "
-                     r"staleness mean ([\d.]+), max (\d+)", result.stdout)
+    line = re.search(r"aggregator version (\d+): (\d+) updates accepted, (\d+) ignored, (\d+) refused\n", result.stdout)
     assert line, result.stdout[-3000:]
     assert int(line.group(1)) == agg["version"] and int(line.group(2)) == agg["updates_applied"]
-    assert int(line.group(3)) == agg["updates_ignored"] and int(line.group(6)) == max(r[5] for r in applied)
+    assert int(line.group(3)) == agg["updates_ignored"] and int(line.group(4)) == agg["updates_refused"]
+    stale_line = re.search(r"staleness of accepted updates: mean ([\d.]+), max (\d+)\n", result.stdout)
+    assert stale_line and int(stale_line.group(2)) == max(r[5] for r in applied), result.stdout[-3000:]
+    assert abs(float(stale_line.group(1)) - sum(r[5] for r in applied) / len(applied)) < 0.01
     assert "last committed step -1" not in result.stdout
     assert agg["snapshot"]["ec"] == "3+1" and len(agg["snapshot"]["nodes"]) == 4
-    assert "EC 3+1 (requested 4+2) for the aggregator's state on 4 agents: survives 1 agent loss" in result.stdout
+    assert "aggregator state EC 3+1 on 4 agents (requested 4+2): survives 1 agent loss\n" in result.stdout
 
 
 # ---------------------------------------------------------------------------------------------
