@@ -237,8 +237,6 @@ class CoordinatorState:
         frozen = [r for r in frozen if (plan.generation.ranks[r].node_id, plan.generation.ranks[r].local_rank)
                   not in self.lost_trainers]
         hung = sorted(set(self.hang.hung(now)) | set(frozen))
-        if frozen:
-            print("DBGFROZEN", now, frozen, {r: (uids[r], round(now - seen[r], 2) if r in seen else None) for r in uids}, round(now - self.formed_at, 2), flush=True)
         if not hung:
             return
         # peers blocked in a collective on the culprit make no progress either: kill only the ranks

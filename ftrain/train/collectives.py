@@ -7,6 +7,8 @@ session, never to the user's loop. The gradient all-reduce itself lives in ftrai
 from __future__ import annotations
 
 import datetime
+import itertools
+import sys
 import time
 from typing import Any, Callable
 
@@ -26,7 +28,8 @@ def connect_store(address: str, timeout_s: float) -> TCPStore:
                     timeout=datetime.timedelta(seconds=timeout_s))
 
 
-_retired: list[torch.distributed.ProcessGroup] = []  # old generations' groups, shut down off the main thread
+_retired: dict[int, Any] = {}  # old generations' groups, shut down and freed by their reaper threads
+_retired_keys = itertools.count()
 
 
 def _interface_of(host: str) -> str | None:
@@ -58,7 +61,13 @@ def retire_default_group() -> None:
 
     `destroy_process_group()` shuts gloo down, which waits for collectives still blocked on a
     frozen or unreachable peer (up to the whole collective timeout). The group is unregistered
-    with its shutdown skipped, then shut down (and freed) by a daemon thread."""
+    with its shutdown skipped, then shut down and freed by a daemon thread of its own.
+
+    Freeing matters as much as shutting down: gloo's destructor joins its worker threads, which
+    stay blocked on a partitioned peer (no RST ever comes) until the collective timeout. Whichever
+    thread drops the last reference runs that destructor, so the reaper keeps its reference until
+    every other one is gone (the loop's `Group`, the pulse thread's local, the reducer's) and
+    drops it last: the training and pulse threads never block in it."""
     import torch.distributed as dist
     from torch.distributed import ProcessGroup
 
@@ -71,18 +80,32 @@ def retire_default_group() -> None:
         dist.destroy_process_group()
     finally:
         setattr(ProcessGroup, "shutdown", shutdown)
-    _retired.append(old)
+    key = next(_retired_keys)
+    _retired[key] = old
+    del old
 
     def reap() -> None:
+        group = _retired[key]
         try:
-            old.shutdown()  # type: ignore[union-attr]
+            group.shutdown()  # type: ignore[union-attr]
         except Exception:
             pass
-        _retired.remove(old)
+        # references: `group` here, the `_retired` entry and getrefcount's own argument
+        delay, deadline = 0.05, time.monotonic() + _REAP_PATIENCE_S
+        while sys.getrefcount(group) > 3 and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        if sys.getrefcount(group) > 3:
+            return  # held elsewhere for an hour (e.g. the user kept dist.group.WORLD): never freed here
+        del _retired[key]
+        del group  # the destructor runs here, on this thread
 
     import threading
 
     threading.Thread(target=reap, name="ftrain-retire-group", daemon=True).start()
+
+
+_REAP_PATIENCE_S = 3600.0
 
 
 def install_default_group(store: TCPStore, job_id: str, generation: int, rank: int, world_size: int,
