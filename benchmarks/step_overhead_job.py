@@ -91,18 +91,31 @@ def main() -> None:
         net, step_optimizer, rank = nn.parallel.DistributedDataParallel(model), optimizer, dist.get_rank()
         steps = iter(range(args.steps))
     started = 0.0
+    phases = [0.0, 0.0, 0.0, 0.0]  # between steps, forward, backward, optimizer step
+    mark = time.perf_counter()
     for item in steps:
         step = item[0] if isinstance(item, tuple) else item
         if step == args.warmup and not started:
-            started = time.perf_counter()
+            started = mark = time.perf_counter()
+            phases = [0.0, 0.0, 0.0, 0.0]
+        t0 = time.perf_counter()
         step_optimizer.zero_grad()
         x, y = batch(step, rank, args.batch_size, width)
         loss = nn.functional.mse_loss(net(x), y)
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
         step_optimizer.step()
-    elapsed = time.perf_counter() - started
+        t3 = time.perf_counter()
+        for i, d in enumerate((t0 - mark, t1 - t0, t2 - t1, t3 - t2)):
+            phases[i] += d
+        mark = t3
+    elapsed = mark - started  # to the end of the last step's body: the job's end (final snapshot) is not a step
+    n = args.steps - args.warmup
     if rank == 0:
-        print(f"step_s {elapsed / (args.steps - args.warmup):.4f}", flush=True)
+        print(f"phases_s between {phases[0] / n:.4f} forward {phases[1] / n:.4f} backward {phases[2] / n:.4f} "
+              f"optimizer {phases[3] / n:.4f}", flush=True)
+        print(f"step_s {elapsed / n:.4f}", flush=True)
     if session is not None:
         session.finish()
     elif not args.torchft:
