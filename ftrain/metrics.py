@@ -1,4 +1,4 @@
-"""Every Prometheus metric of ftrain, defined in one place (names fixed by DESIGN.md section 3).
+"""Every Prometheus metric of ftrain, defined in one place (names are a fixed interface: see docs/architecture.md).
 
 Each process (coordinator, agent) builds one `Metrics` on its own registry and serves it with
 `serve(port)`; every name is registered in both, so a dashboard can rely on it (a figure a

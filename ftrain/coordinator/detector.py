@@ -6,8 +6,8 @@ to do about a slow rank. The module does no I/O, starts no threads and never rea
 every time-dependent call takes ``now`` (seconds, any monotonic origin) from the caller, so
 the gRPC shell, the simulator and the tests drive it identically and deterministically.
 
-Contents (defaults from DESIGN.md section 6, after TorchFT / NVIDIA resiliency-ext /
-MegaScale):
+Contents (defaults after TorchFT / NVIDIA resiliency-ext / MegaScale; the table of timeouts is in
+docs/architecture.md):
 
 * :class:`DetectionConfig` -- every threshold, validated.
 * :class:`FailureDetector` -- agent heartbeats -> ALIVE / SUSPECT / DEAD per node.
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 _MAD_TO_SIGMA = 0.6745  # Phi^-1(0.75): MAD of a Gaussian = 0.6745 sigma
-_MAD_FLOOR_FRACTION = 0.01  # MAD floor = 1% of the median (DESIGN.md section 6)
+_MAD_FLOOR_FRACTION = 0.01  # MAD floor = 1% of the median
 
 
 # --------------------------------------------------------------------------- config

@@ -42,7 +42,7 @@ ROLE_WORKER = "worker"
 TOKEN_KEY = "token"
 
 # Environment given to the coordinator and the workers (the agent passes the FTRAIN_* trainer
-# environment of DESIGN.md section 3 on to each trainer). Job settings travel as CLI flags.
+# environment of docs/architecture.md, 'Fixed interfaces', on to each trainer). Job settings travel as CLI flags.
 ENV_COORDINATOR = "FTRAIN_COORDINATOR"
 ENV_JOB_ID = "FTRAIN_JOB_ID"
 ENV_NODE_ID = "FTRAIN_NODE_ID"

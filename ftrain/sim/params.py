@@ -44,7 +44,7 @@ class Spec:
 
 
 def _straggler_detect(v: Mapping[str, Any]) -> float:
-    # DESIGN.md section 6: compute-time window of 20 steps, flagged in 2 consecutive windows.
+    # the straggler detector's defaults: compute-time window of 20 steps, flagged in 2 consecutive windows.
     return 2 * 20 * float(v["step_time_s"])
 
 
@@ -81,7 +81,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("slowdown", 1.5, "float", "gt1", "--slowdown", "assumed",
          "step-time factor of a slow node; in sync training the whole job runs at this pace"),
     Spec("straggler_detect_s", None, "float", "nonneg", "--straggler-detect-time", "derived",
-         "ftrain only: 2 consecutive windows of 20 steps (DESIGN.md section 6) = 40 x step time",
+         "ftrain only: 2 consecutive windows of 20 steps (the detector's default) = 40 x step time",
          derived=_straggler_detect, policies=("ftrain",)),
     # ---- checkpoint-restart --------------------------------------------------------------
     Spec("checkpoint_write_s", 60.0, "float", "nonneg", "--checkpoint-write", "assumed",
@@ -102,7 +102,7 @@ SPECS: tuple[Spec, ...] = (
          "replica-heal: replacement node + process restart + group PG init + live weight "
          "transfer from a healthy replica", policies=("replica-heal",)),
     Spec("detection_s", 10.0, "float", "nonneg", "--detection-time", "published",
-         "heartbeat dead-after timeout (DESIGN.md section 6, as TorchFT/NVRx); replica-heal "
+         "heartbeat dead-after timeout (as TorchFT/NVRx); replica-heal "
          "stalls the whole job this long per failure", policies=("replica-heal", "ftrain")),
     Spec("async_checkpoint_stall_s", 5.0, "float", "nonneg", "--async-checkpoint-stall",
          "assumed",
@@ -128,7 +128,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("ftrain_disk_stall_s", 0.0, "float", "nonneg", "--ftrain-disk-stall", "assumed",
          "ftrain: stall of a disk checkpoint; 0 because the agent drains the committed "
          "in-memory snapshot to disk in the background", policies=("ftrain",)),
-    Spec("ec_k", 4, "int", "ge1", "--ec", "assumed", "RS data shards (DESIGN.md: RS(4,2))",
+    Spec("ec_k", 4, "int", "ge1", "--ec", "assumed", "RS data shards (default RS(4,2))",
          policies=("ftrain",)),
     Spec("ec_m", 2, "int", "ge1", "--ec", "assumed", "RS parity shards", policies=("ftrain",)),
     Spec("ec_placement", "rack-aware", "choice", "choice", "--ec-placement", "assumed",

@@ -4,7 +4,7 @@
 #   tests/k8s/setup_apiserver.sh            # build if missing, print the binary path
 #   FTRAIN_K8S_CACHE=/some/dir tests/k8s/setup_apiserver.sh
 #
-# What it does (DESIGN.md section 5):
+# What it does:
 #   1. apt-get install etcd-server golang-go rsync jq golang-github-modern-go-reflect2-dev openssl
 #   2. fetch Debian bookworm's `kubernetes` source package (1.20.2) with a private deb-src list
 #   3. replace vendor/github.com/modern-go/reflect2 by Debian's copy (the vendored one
