@@ -96,7 +96,7 @@ def test_gradscaler_skips_steps_plain_and_fused(tmp_path: Path) -> None:
 
 
 def test_amp_fused_workers_survive_kill_node_bit_identical_and_exactly_once(tmp_path: Path) -> None:
-    args = ("--amp", "--fused", "--clip", "0.5", "--workers", "2", "--steps", "30")
+    args = ("--amp", "--fused", "--clip", "0.5", "--workers", "2", "--noise", "--steps", "30")
     reference, _ = launch(tmp_path, "ref", *args, nodes=3)
     assert reference["skipped"] and all(torch.isfinite(p).all() for p in reference["params"].values())
     result, _ = launch(tmp_path, "kill", *args, nodes=3, launch_args=("--inject", "kill-node:1@step=17"))

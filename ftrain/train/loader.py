@@ -135,8 +135,12 @@ class BatchFeed:
             index = torch.tensor(indices, dtype=torch.long)
             return tuple(t[index] for t in self.dataset.dataset.tensors)  # type: ignore[attr-defined]
         if self._iterator is None or self._key != key:
+            # a generator of its own: creating the iterator draws its workers' base seed from it, never
+            # from the global RNG, whose state the snapshot restores for the user's loop (dropout...)
+            generator = torch.Generator().manual_seed(self.sampler.epoch * 1_000_003 + self.sampler.cursor)
             loader = DataLoader(self.dataset, batch_sampler=_StepBatches(self.sampler, rank, world_size, shares,
-                                                                         max(1, steps_left)), **self.options)
+                                                                         max(1, steps_left)),
+                                generator=generator, **self.options)
             self._iterator = iter(loader)
         batch = next(self._iterator)
         # where the loader's walk will be after this batch, if the loop consumes it

@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--break-rank", type=int, default=-1, help="break on this rank only (-1: every rank)")
     parser.add_argument("--pause-at", type=int, default=-1)
     parser.add_argument("--pause-s", type=float, default=0.0)
+    parser.add_argument("--noise", action="store_true", help="input noise from the global RNG in every step")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -112,6 +113,8 @@ def main() -> None:
             assert ids.tolist() == parts[rank], (step, ids.tolist(), parts[rank])
         if step == args.pause_at and rank == 0:
             time.sleep(args.pause_s)  # an "evaluation" on rank 0 only
+        if args.noise:  # the global RNG in the loop (like dropout): a recovery must restore its exact state
+            x = x + 0.01 * torch.randn_like(x)
         chunks = list(zip(x.chunk(args.accum), y.chunk(args.accum)))
         for micro, (xm, ym) in enumerate(chunks):
             sync = micro == len(chunks) - 1
