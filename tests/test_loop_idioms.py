@@ -3,7 +3,7 @@
 Each comparison runs the same script (tests/scripts/loop_idioms.py) under `torchrun
 --nproc-per-node 2` with its own DistributedDataParallel (gloo) and under `ftrain launch --nodes
 2`, fed the same batches: gradient clipping must see DDP's averaged gradients, accumulation with
-no_sync() must equal DDP's, GradScaler may skip steps, `break` ends the job, a long pause on one
+no_sync() must equal DDP's (also under torch.compile), GradScaler may skip steps, `break` ends the job, a long pause on one
 rank is not a hang, and DataLoader workers keep exactly-once sampling across a lost node.
 """
 from __future__ import annotations
@@ -73,7 +73,8 @@ def assert_identical(a: dict, b: dict) -> None:
         assert torch.equal(a["params"][key], b["params"][key]), f"parameter {key} differs from the failure-free run"
 
 
-@pytest.mark.parametrize("idiom", [("--clip", "0.5"), ("--clip", "0.5", "--accum", "4")], ids=["clip", "accum"])
+@pytest.mark.parametrize("idiom", [("--clip", "0.5"), ("--clip", "0.5", "--accum", "4"),
+                                   ("--clip", "0.5", "--accum", "2", "--compile")], ids=["clip", "accum", "compile"])
 def test_clipping_and_accumulation_match_torchrun_ddp(tmp_path: Path, idiom: tuple[str, ...]) -> None:
     reference = torchrun(tmp_path, "ddp", *idiom)
     result, _ = launch(tmp_path, "ft", *idiom)

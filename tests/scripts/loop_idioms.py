@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--break-rank", type=int, default=-1, help="break on this rank only (-1: every rank)")
     parser.add_argument("--pause-at", type=int, default=-1)
     parser.add_argument("--pause-s", type=float, default=0.0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the (DDP / ftrain) model, aot_eager")
     parser.add_argument("--noise", action="store_true", help="input noise from the global RNG in every step")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -108,6 +109,8 @@ def main() -> None:
                 yield step, batch, session.global_batch_indices(), session.sampler.epoch
 
         loop, net = batches(), session.model
+    if args.compile:  # as DDP users do: compile the wrapped model (aot_eager: the autograd graph, no C++ build)
+        net = torch.compile(net, backend="aot_eager")
     for step, (x, y, ids), parts, epoch in loop:
         if not torchrun:
             assert ids.tolist() == parts[rank], (step, ids.tolist(), parts[rank])
