@@ -104,6 +104,13 @@ def _script_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def _check_script(command: list[str]) -> None:
+    """--backend local: a training script that is not there fails before any node starts."""
+    script = command[0]
+    if script.endswith(".py") and not os.path.isfile(script):
+        raise ConfigError(f"training script {script!r} not found (from {os.getcwd()})")
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from ftrain.launch.local import LocalLauncher
 
@@ -143,7 +150,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
             raise ConfigError("--spares is for the local and ssh backends: with Ray, a lost agent's actor is restarted")
         launcher = ray_launcher(args, settings, _script_command(args), **common)
     else:
-        launcher = LocalLauncher(settings, args.nproc_per_node, _script_command(args), spares=args.spares, **common)
+        command = _script_command(args)
+        _check_script(command)
+        launcher = LocalLauncher(settings, args.nproc_per_node, command, spares=args.spares, **common)
     from ftrain.textfmt import LINE_WIDTH, say
 
     if args.events_file:  # written live: a launcher killed mid-run leaves the events up to then
@@ -156,8 +165,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # the launcher has already torn its agents down
         say("ftrain launch", "interrupted; every agent was stopped")
         return 130
-    for index, line in enumerate(job_summary(launcher.coordinator.state.status())):
-        say("ftrain launch", line, width=0 if index == 0 else LINE_WIDTH)
+    for line in job_summary(launcher.coordinator.state.status()):
+        say("ftrain launch", line, width=0 if line.startswith(("job ", "warning: fault")) else LINE_WIDTH)
     return code
 
 
@@ -169,12 +178,14 @@ def job_summary(status: dict) -> list[str]:
 
     # the outcome's message is ftrain's own (it names lost shards, hosts, files): kept whole
     head = f"job {status['state']}" + (f": {strip_source_paths(status['message'])}" if status.get("message") else "")
-    lines = [head, ec_line(status)]
+    lines = [ec_line(status)]
     committed = status.get("last_committed_step", -1)
     lines.append(f"codec {codec_text(status)}; failures {status.get('failures', 0)}, recoveries "
                  f"{status.get('recoveries', 0)}, lost steps {status.get('lost_steps', 0)}"
                  + (f", last committed step {committed}" if status.get("mode") != "async" else ""))
-    return lines + aggregator_lines(status)
+    lines += aggregator_lines(status) + list(status.get("unfired_faults") or [])
+    # a failed job's reason is the last line (what a user sees first); a completed job's outcome leads
+    return lines + [head] if status.get("state") == "failed" else [head] + lines
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:

@@ -174,7 +174,7 @@ def test_agent_refuses_shards_of_another_job_and_oversized_chunks() -> None:
 
 
 METHODS = ["RegisterAgent", "Heartbeat", "ReportTrainerExit", "JoinGeneration", "WatchGeneration", "ReportFailure",
-           "ReportSnapshot", "WaitCommitted", "ReportProgress", "ClaimFault", "ReportFinished"]
+           "ReportSnapshot", "WaitCommitted", "ReportProgress", "ClaimFault", "ReportFinished", "ReportUserError"]
 
 
 def test_random_bytes_on_every_rpc_never_crash_the_coordinator(coordinator: Coordinator) -> None:

@@ -227,22 +227,21 @@ class Agent:
                 code = trainer.process.poll()
                 if code is None:
                     continue
+                uptime_s = time.monotonic() - trainer.started
                 if code == 0:
                     trainer.state, trainer.exit_code = "finished", 0
+                    # reported too: a script that exits without ever calling ftrain.init fails the job
+                    self._report_exit(trainer, 0, False, uptime_s)
                     continue
                 trainer.exit_code = code
                 will_restart = self.job_state == "running" and trainer.restarts < self.max_restarts
                 trainer.state = "restarting" if will_restart else "exited"
-                try:
-                    self.stub.ReportTrainerExit(pb.TrainerExit(node_id=self.node_id, local_rank=trainer.local_rank,
-                                                               pid=trainer.process.pid, exit_code=code,
-                                                               will_restart=will_restart),
-                                                timeout=5.0, metadata=self.metadata)
-                except grpc.RpcError as error:
-                    log.warning("could not report trainer exit: %s", describe_rpc_error(error, "coordinator"))
+                if not self._report_exit(trainer, code, will_restart, uptime_s):
+                    will_restart, trainer.state = False, "exited"  # the job failed: nothing to restart into
                 if will_restart:
                     log.warning("trainer %d exited with %s; restarting", trainer.local_rank, code)
                     trainer.process = self._spawn(trainer.local_rank)
+                    trainer.started = time.monotonic()
                     trainer.restarts += 1
                     trainer.state = "running"
                     self.metrics.trainer_restarts.inc()
@@ -255,6 +254,21 @@ class Agent:
                 continue
             if self._stop.wait(0.05):
                 return
+
+    def _report_exit(self, trainer: TrainerProcess, code: int, will_restart: bool, uptime_s: float) -> bool:
+        """Reports a trainer's exit; False when the coordinator answers that the job failed."""
+        try:
+            ack = self.stub.ReportTrainerExit(pb.TrainerExit(node_id=self.node_id, local_rank=trainer.local_rank,
+                                                             pid=trainer.process.pid, exit_code=code,
+                                                             will_restart=will_restart, uptime_s=uptime_s),
+                                              timeout=5.0, metadata=self.metadata)
+        except grpc.RpcError as error:
+            log.warning("could not report trainer exit: %s", describe_rpc_error(error, "coordinator"))
+            return True
+        if not ack.ok:
+            self._finish("failed", ack.message)
+            return False
+        return True
 
     def run(self) -> int:
         """Runs until the job completes (0) or fails (1)."""

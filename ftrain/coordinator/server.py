@@ -20,6 +20,7 @@ import grpc
 
 from ftrain import metrics as metrics_mod
 from ftrain.config import PROTOCOL_VERSION, JobSettings
+from ftrain.coordinator.bugs import BugDetector, UserError, startup_failure, unfired_faults, unfired_warning
 from ftrain.coordinator.catalog import BlobRecord, Catalog
 from ftrain.coordinator.detector import (DetectionConfig, HangDetector, ResponsePolicy, StragglerDetector, StragglerFlag,
                                          decide_response, frozen_ranks, rebalance_shares)
@@ -61,6 +62,8 @@ class CoordinatorState:
         self.trainers: dict[str, list[pb.TrainerInfo]] = {}
         self.commands: dict[str, list[str]] = collections.defaultdict(list)
         self.fired_faults: set[str] = set()
+        self.bugs = BugDetector()  # the user's own exceptions: the same one after a restart fails the job
+        self.unfired: list[str] = []  # warnings for --inject specs that never fired (set when the job ends)
         self.finished: dict[int, int] = {}  # rank -> the step it left session.steps() at
         self.formed_at = clock()  # when the current generation formed (first-pulse grace)
         self.pulse_seen: dict[str, float] = {}  # trainer uid -> its newest pulse, in any generation (liveness)
@@ -210,6 +213,7 @@ class CoordinatorState:
             if len(self.finished) == plan.generation.world_size:
                 self.job_state = "complete"
                 self.event("job-complete", f"all {plan.generation.world_size} workers finished")
+                self._warn_unfired()
                 self.cond.notify_all()
             return
         verdict, message = finish_verdict(plan.generation.world_size, self.finished,
@@ -218,6 +222,7 @@ class CoordinatorState:
         if verdict == "complete":
             self.job_state = "complete"
             self.event("job-complete", message)
+            self._warn_unfired()
             self.cond.notify_all()
         elif verdict == "mismatch":
             self.fail(message)
@@ -338,7 +343,28 @@ class CoordinatorState:
             self.job_state = "failed"
             self.message = message
             self.event("job-failed", message)
+            self._warn_unfired()
             self.cond.notify_all()
+
+    def _warn_unfired(self) -> None:
+        """The job ended: one `fault-not-fired` warning event per --inject spec that never fired."""
+        for spec in unfired_faults([f.raw for f in self.settings.inject], self.fired_faults):
+            warning = unfired_warning(spec, self.catalog.newest_committed)
+            self.unfired.append(warning)
+            self.event("fault-not-fired", warning, fault=spec)
+            log.warning("%s", warning)
+
+    def user_error(self, error: UserError) -> tuple[bool, str]:
+        """An exception escaped the user's script (lock held): (print its traceback, job-failed message)."""
+        decision = self.bugs.report(error)
+        if self.job_state != "running":
+            return False, self.message
+        self.event("user-error", f"rank {error.rank} raised {error.describe()} at step {error.step} "
+                                 f"(generation {error.generation})", rank=error.rank, step=error.step,
+                   error_type=error.error_type)
+        if decision.fail_message:
+            self.fail(decision.fail_message)
+        return decision.print_traceback, decision.fail_message
 
     # -- periodic checks -------------------------------------------------------------------
     def tick(self) -> list[str]:
@@ -414,6 +440,7 @@ class CoordinatorState:
                 "job_id": self.settings.job_id,
                 "state": self.job_state,
                 "message": self.message,
+                "unfired_faults": list(self.unfired),
                 "generation": plan.generation.number if plan else -1,
                 "pending_generation": m.pending,
                 "world_size": plan.generation.world_size if plan else 0,
@@ -495,7 +522,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def ReportTrainerExit(self, request: pb.TrainerExit, context: grpc.ServicerContext) -> pb.Ack:
         s = self.s
         with s.cond:
-            if s.job_state != "running":
+            if s.job_state != "running":  # ok=False: the job failed, the agent restarts nothing
+                return pb.Ack(ok=s.job_state != "failed", message=s.message)
+            # did this trainer process reach ftrain.init (its pulse starts there)? By node/local rank and
+            # time, not pid: the agent's child may be a wrapper (a shell) around the Python process
+            now, prefix = s.clock(), f"{request.node_id}/{request.local_rank}/"
+            reached = any(uid.startswith(prefix) and seen >= now - request.uptime_s - 1.0
+                          for uid, seen in s.pulse_seen.items())
+            started_after = request.uptime_s > 0 and now - s.started_at > request.uptime_s
+            startup = startup_failure(request.node_id, request.local_rank, request.exit_code, reached, started_after)
+            if startup:
+                s.fail(startup)
+                return pb.Ack(ok=False, message=startup)
+            if request.exit_code == 0:  # a trainer that finished (or a spare that left): nothing failed
                 return pb.Ack(ok=True)
             how = f"signal {-request.exit_code}" if request.exit_code < 0 else f"exit code {request.exit_code}"
             if s.membership.trainer_failed(request.node_id, request.local_rank, s.clock()) or s.membership.pending:
@@ -698,6 +737,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 s.hang.remove_rank(request.rank)
                 s.check_finish()
         return pb.Ack(ok=True)
+
+    def ReportUserError(self, request: pb.UserErrorReport, context: grpc.ServicerContext) -> pb.UserErrorVerdict:
+        s = self.s
+        error = UserError(generation=request.generation, rank=request.rank, step=request.step,
+                          error_type=request.error_type, message=request.error_message)
+        with s.cond:
+            print_traceback, message = s.user_error(error)
+            failed = s.job_state == "failed"
+        return pb.UserErrorVerdict(print_traceback=print_traceback, job_failed=failed, message=message)
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         return pb.StatusResponse(json=json.dumps(self.s.status()))

@@ -17,6 +17,7 @@ of `session.steps()` on every rank at the same step ends the job cleanly.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import random
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 import weakref
+from types import TracebackType
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -37,7 +39,7 @@ from ftrain.snapshot import layout as lay
 from ftrain.snapshot.capture import LocalBlob, SnapshotEngine, SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
 from ftrain.train import collectives
-from ftrain.train.client import CoordinatorClient
+from ftrain.train.client import CoordinatorClient, JobFailed
 from ftrain.train.data import ElasticSampler, make_collate
 from ftrain.train.ddp import DEFAULT_BUCKET_CAP_MB, DistributedModule, Reducer
 from ftrain.train.loader import BatchFeed, check_dataset
@@ -47,6 +49,61 @@ log = logging.getLogger("ftrain.session")
 
 class _StepFailed(Exception):
     pass
+
+
+_CURRENT: "weakref.ref[Session] | None" = None  # the session the process-wide hooks below act for
+_PREVIOUS_HOOK = sys.excepthook
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """An exception escaped the trainer's script. The job's own end (JobFailed: the coordinator
+    already says why, once) exits quietly; the user's own exception is reported to the coordinator
+    (the same one after a restart is a bug and fails the job) and its traceback printed once per
+    attempt. The process then exits at once (code 1): no shutdown noise from ftrain's threads."""
+    session = _CURRENT() if _CURRENT is not None else None
+    if session is None or session.client is None or issubclass(exc_type, KeyboardInterrupt):
+        _PREVIOUS_HOOK(exc_type, exc, tb)
+        return
+    # torch.distributed's own hook wraps this one and buffers sys.stderr until it returns (never: this
+    # one exits), so write to the process's real stderr
+    if sys.__stderr__ is not None:
+        sys.stderr = sys.__stderr__
+    if issubclass(exc_type, JobFailed):
+        log.info("rank %d: the job failed: %s", session.rank, exc)
+    elif exc_type.__module__.startswith("ftrain."):  # ftrain's own error (coordinator unreachable...)
+        print(f"ftrain: rank {session.rank}: {exc_type.__name__}: {exc}", file=sys.stderr)
+    else:
+        print_traceback, step = session._report_user_error(exc)
+        if print_traceback:
+            _PREVIOUS_HOOK(exc_type, exc, tb)
+        else:
+            print(f"ftrain: rank {session.rank} raised {exc_type.__name__}({str(exc)[:200]!r}) at step {step} "
+                  f"(the same traceback as another rank's, printed once)", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(1)
+
+
+def _at_exit() -> None:
+    """The script ended without session.finish() after leaving the loop: end the job there."""
+    session = _CURRENT() if _CURRENT is not None else None
+    if session is not None and session._pending_finish and not session._closed.is_set():
+        try:
+            session.finish()
+        except BaseException as error:  # the interpreter is exiting: say it, no traceback
+            print(f"ftrain: {error}", file=sys.stderr)
+
+
+def _install_hooks(session: "Session") -> None:
+    global _CURRENT
+    first = _CURRENT is None
+    _CURRENT = weakref.ref(session)
+    if first:
+        sys.excepthook = _excepthook
+        atexit.register(_at_exit)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -125,6 +182,8 @@ class Session:
         self._closed = threading.Event()
         self._active_steps: Any = None  # weak reference to the running steps() generator
         self._exit_error: BaseException | None = None  # a failure while leaving the loop early
+        self._pending_finish = False  # the loop was left early: finish() (or the script's end) ends the job
+        self._body_step: int | None = None  # the step whose loop body runs (kept when the body raised)
         self._first: pb.GenerationAssignment | None = None
         self._warned_empty = False
         self.stats = {"recoveries": 0, "failed_steps": 0, "stall_s": 0.0, "captures": 0}
@@ -147,6 +206,7 @@ class Session:
         timeout = connect_timeout_s or float(os.environ.get("FTRAIN_CONNECT_TIMEOUT", "30"))
         self.trainer_uid = f"{self.env.node_id}/{self.env.local_rank}/{os.getpid()}"
         self.client = CoordinatorClient(self.env, connect_timeout_s=timeout)
+        _install_hooks(self)
         self.agents = AgentPool(self.env.token, self.env.job_id)
         self.engine = SnapshotEngine(self.env.job_id, self.trainer_uid, self.env.node_id, self.agents,
                                      self._report_snapshot, self._await_commit)
@@ -215,6 +275,9 @@ class Session:
         generator = self._active_steps() if self._active_steps is not None else None
         if generator is not None and generator.gi_frame is not None and not generator.gi_running:
             generator.close()
+        if self._pending_finish:
+            self._pending_finish = False
+            self._end_job_after_break()
         self._closed.set()
         self._report_state()
         self.reporter.close()
@@ -229,7 +292,9 @@ class Session:
     def __enter__(self) -> "Session":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, (GeneratorExit, StopIteration)):
+            return  # an exception escapes the script: a failure (reported by the excepthook), not a job end
         self.finish()
 
     # -- the step ----------------------------------------------------------------------------
@@ -247,6 +312,7 @@ class Session:
                 self._begin_step(count)
                 if count:
                     self.replaying = self.step < self._high_water
+                    self._body_step = self.step
                     try:
                         yield self.step, batch
                     except GeneratorExit:
@@ -254,6 +320,7 @@ class Session:
                         raise
                     finally:
                         self.replaying = False
+                    self._body_step = None
                 else:  # nothing left for this rank in the epoch's tail: it joins with a zero gradient
                     self._empty_step()
                 self._end_step()
@@ -289,8 +356,10 @@ class Session:
             trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step))
 
     def _left_early(self, total_steps: int) -> None:
-        """The loop left `session.steps()` during step `self.step` (a break): that step counts as
-        done, its state is committed and the job ends there. A failure is kept for finish()."""
+        """The loop left `session.steps()` during step `self.step` (a break, or an exception from
+        the loop body): that step counts as done. The job ends there (its state committed) at
+        finish(), `with`'s end or the script's end; an exception that escapes the script instead
+        is a failure (see _excepthook). A failure is kept for finish()."""
         if sys.is_finalizing():  # the interpreter is exiting (e.g. after an exception): no job end
             return
         try:
@@ -301,6 +370,15 @@ class Session:
                     f"cannot be replayed after a break, so this trainer exits and the job re-runs it "
                     f"({self.reducer.error})")
             self._advance()
+            self._pending_finish = True
+        except BaseException as error:  # raised again by finish(); close() would only print it
+            self._exit_error = error
+        if self._exit_error is not None:
+            log.error("%s", self._exit_error)
+
+    def _end_job_after_break(self) -> None:
+        """finish() after the loop was left early: commits the state and ends the job at that step."""
+        try:
             log.info("rank %d left the loop at step %d; ending the job there", self.rank, self.step)
             self._finish_job()
         except _StepFailed as error:
@@ -479,6 +557,19 @@ class Session:
                                                                rank=self.rank, reason=reason[:500]))
         except Exception as error:  # the coordinator finds the failure by itself too
             log.warning("could not report the failure: %s", error)
+
+    def _report_user_error(self, error: BaseException) -> tuple[bool, int]:
+        """Tells the coordinator what the user's code raised: (print the traceback?, the step)."""
+        assert self.client is not None
+        step = self._body_step if self._body_step is not None else self.step
+        try:
+            verdict = self.client.call("ReportUserError", pb.UserErrorReport(
+                trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=step,
+                error_type=type(error).__name__, error_message=str(error)[:500]), timeout=5.0, retry_unavailable=False)
+        except Exception as failure:  # the traceback is printed anyway
+            log.warning("could not report the exception to the coordinator: %s", failure)
+            return True, step
+        return bool(verdict.print_traceback), step
 
     def _recover(self, first: bool, pending: pb.GenerationAssignment | None = None) -> None:
         assert self.client is not None

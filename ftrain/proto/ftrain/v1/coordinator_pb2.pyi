@@ -99,18 +99,20 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class TrainerExit(_message.Message):
-    __slots__ = ("node_id", "local_rank", "pid", "exit_code", "will_restart")
+    __slots__ = ("node_id", "local_rank", "pid", "exit_code", "will_restart", "uptime_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     WILL_RESTART_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     local_rank: int
     pid: int
     exit_code: int
     will_restart: bool
-    def __init__(self, node_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., will_restart: _Optional[bool] = ...) -> None: ...
+    uptime_s: float
+    def __init__(self, node_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., will_restart: _Optional[bool] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class JobConfig(_message.Message):
     __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress")
@@ -351,6 +353,32 @@ class FaultClaim(_message.Message):
     rank: int
     step: int
     def __init__(self, trainer_uid: _Optional[str] = ..., fault: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class UserErrorReport(_message.Message):
+    __slots__ = ("trainer_uid", "generation", "rank", "step", "error_type", "error_message")
+    TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    trainer_uid: str
+    generation: int
+    rank: int
+    step: int
+    error_type: str
+    error_message: str
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class UserErrorVerdict(_message.Message):
+    __slots__ = ("print_traceback", "job_failed", "message")
+    PRINT_TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    JOB_FAILED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    print_traceback: bool
+    job_failed: bool
+    message: str
+    def __init__(self, print_traceback: _Optional[bool] = ..., job_failed: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
 class FinishedReport(_message.Message):
     __slots__ = ("trainer_uid", "generation", "rank", "step")

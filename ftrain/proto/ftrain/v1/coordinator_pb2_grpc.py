@@ -89,6 +89,11 @@ class CoordinatorStub:
                 request_serializer=ftrain_dot_v1_dot_coordinator__pb2.FinishedReport.SerializeToString,
                 response_deserializer=ftrain_dot_v1_dot_coordinator__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ReportUserError = channel.unary_unary(
+                '/ftrain.v1.Coordinator/ReportUserError',
+                request_serializer=ftrain_dot_v1_dot_coordinator__pb2.UserErrorReport.SerializeToString,
+                response_deserializer=ftrain_dot_v1_dot_coordinator__pb2.UserErrorVerdict.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/ftrain.v1.Coordinator/GetStatus',
                 request_serializer=ftrain_dot_v1_dot_coordinator__pb2.StatusRequest.SerializeToString,
@@ -165,6 +170,12 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUserError(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -228,6 +239,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportFinished,
                     request_deserializer=ftrain_dot_v1_dot_coordinator__pb2.FinishedReport.FromString,
                     response_serializer=ftrain_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
+            ),
+            'ReportUserError': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUserError,
+                    request_deserializer=ftrain_dot_v1_dot_coordinator__pb2.UserErrorReport.FromString,
+                    response_serializer=ftrain_dot_v1_dot_coordinator__pb2.UserErrorVerdict.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -532,6 +548,33 @@ class Coordinator:
             '/ftrain.v1.Coordinator/ReportFinished',
             ftrain_dot_v1_dot_coordinator__pb2.FinishedReport.SerializeToString,
             ftrain_dot_v1_dot_coordinator__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUserError(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ftrain.v1.Coordinator/ReportUserError',
+            ftrain_dot_v1_dot_coordinator__pb2.UserErrorReport.SerializeToString,
+            ftrain_dot_v1_dot_coordinator__pb2.UserErrorVerdict.FromString,
             options,
             channel_credentials,
             insecure,
