@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, TypedDict
 
 import kopf
 
@@ -74,12 +74,21 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     )
 
 
+class _JobResource(TypedDict):
+    """The keyword arguments that point a kopf handler at FTrainJob objects."""
+
+    group: str
+    version: str
+    plural: str
+    registry: kopf.OperatorRegistry
+
+
 def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
     config = config or OperatorConfig()
     registry = kopf.OperatorRegistry()
     state: dict[str, Any] = {}
 
-    def reconciler():
+    def reconciler() -> Any:
         if "r" not in state:
             if config.reconciler_factory is not None:
                 state["r"] = config.reconciler_factory()
@@ -91,7 +100,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
                                         status_min_interval=config.status_min_interval)
         return state["r"]
 
-    job = dict(group=S.GROUP, version=S.VERSION, plural=S.PLURAL, registry=registry)
+    # FTrainJob is namespaced, so kopf always passes a namespace; its handler protocols say
+    # ``str | None`` (for cluster-scoped kinds), and the handlers below declare the same.
+    job = _JobResource(group=S.GROUP, version=S.VERSION, plural=S.PLURAL, registry=registry)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -104,28 +115,29 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         return connection_info(reconciler().api_client.configuration)
 
     @kopf.on.resume(**job, id="resume")
-    def _resume(name: str, namespace: str, **_: Any) -> None:
+    def _resume(name: str, namespace: str | None, **_: Any) -> None:
         reconciler().reconcile(namespace, name)
 
     @kopf.on.create(**job, id="create")
-    def _create(name: str, namespace: str, **_: Any) -> None:
+    def _create(name: str, namespace: str | None, **_: Any) -> None:
         reconciler().reconcile(namespace, name)
 
     @kopf.on.update(**job, field="spec", id="update")
-    def _update(name: str, namespace: str, **_: Any) -> None:
+    def _update(name: str, namespace: str | None, **_: Any) -> None:
         reconciler().reconcile(namespace, name)
 
     @kopf.on.delete(**job, id="cleanup")
-    def _delete(name: str, namespace: str, uid: str, **_: Any) -> None:
+    def _delete(name: str, namespace: str | None, uid: str, **_: Any) -> None:
         reconciler().cleanup(namespace, name, uid)
 
     @kopf.timer(**job, interval=config.sync_interval, initial_delay=config.sync_interval, id="sync")
-    def _sync(name: str, namespace: str, **_: Any) -> None:
+    def _sync(name: str, namespace: str | None, **_: Any) -> None:
         reconciler().reconcile(namespace, name)
 
     @kopf.on.event("v1", "pods", labels={S.LABEL_MANAGED_BY: S.MANAGED_BY, S.LABEL_JOB: kopf.PRESENT},
                    registry=registry, id="pod-event")
-    def _pod_event(event: dict[str, Any], labels: dict[str, str], namespace: str, **_: Any) -> None:
+    def _pod_event(event: kopf.RawEvent, labels: Mapping[str, str], namespace: str | None,
+                   **_: Any) -> None:
         # A worker or coordinator pod changed (phase Failed, deleted, ...): reconcile its job now
         # rather than at the next timer tick.
         if event.get("type") is None:

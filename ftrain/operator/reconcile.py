@@ -221,7 +221,7 @@ class Reconciler:
             # operator needs no list/watch rights on secrets.
             items = self._call(self.core.list_namespaced_pod, namespace,
                                label_selector=S.job_selector(name)).get("items", [])
-            targets = [(self.core.delete_namespaced_pod, obj) for obj in items]
+            targets: list[tuple[Callable[..., Any], Any]] = [(self.core.delete_namespaced_pod, obj) for obj in items]
             for reader, deleter, obj_name in (
                 (self.core.read_namespaced_service, self.core.delete_namespaced_service, S.service_name(name)),
                 (self.core.read_namespaced_secret, self.core.delete_namespaced_secret, S.secret_name(name)),

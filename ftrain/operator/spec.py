@@ -18,7 +18,7 @@ import datetime as _dt
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, overload
 
 GROUP = "ftrain.dev"
 VERSION = "v1alpha1"
@@ -75,10 +75,18 @@ class SpecError(ValueError):
     """The FTrainJob spec is invalid; the message says which field and why."""
 
 
+@overload
+def _int(spec: Mapping[str, Any], key: str, default: int, where: str) -> int: ...
+
+
+@overload
+def _int(spec: Mapping[str, Any], key: str, default: None, where: str) -> int | None: ...
+
+
 def _int(spec: Mapping[str, Any], key: str, default: int | None, where: str) -> int | None:
-    value = spec.get(key, default)
-    if value is None:
-        return None
+    value = spec.get(key)
+    if value is None:  # absent or null (as `or {}` treats the objects above): the default
+        return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{where}{key} must be an integer; got {value!r}")
     return value
@@ -152,10 +160,11 @@ class JobSpec:
         m = _int(snapshot, "parityShards", None, "spec.snapshot.")
         explicit = k is not None or m is not None
         dk, dm = default_erasure(replicas)
-        if k is None and m is None:
-            k, m = dk, dm
-        elif k is None:
-            k = max(1, (replicas - 1) - m)
+        if k is None:
+            if m is None:
+                k, m = dk, dm
+            else:
+                k = max(1, (replicas - 1) - m)
         elif m is None:
             m = max(0, min(dm, (replicas - 1) - k))
         run_policy = spec.get("runPolicy") or {}
@@ -240,7 +249,7 @@ def validate(spec: JobSpec, name: str = "") -> list[str]:
             )
     if spec.backoff_limit is not None and spec.backoff_limit < 0:
         errors.append(f"spec.runPolicy.backoffLimit must be >= 0; got {spec.backoff_limit}")
-    reserved = {e.get("name") for e in spec.env} & {ENV_COORDINATOR, ENV_JOB_ID, ENV_NODE_ID, ENV_TOKEN}
+    reserved = {ENV_COORDINATOR, ENV_JOB_ID, ENV_NODE_ID, ENV_TOKEN} & {e.get("name") for e in spec.env}
     if reserved:
         errors.append(f"spec.env must not set {', '.join(sorted(reserved))}: the operator sets them")
     return errors
