@@ -28,8 +28,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from ftrain.proto.ftrain.v1 import agent_pb2
 
 log = logging.getLogger("ftrain.metrics")
 
@@ -101,7 +105,7 @@ class Metrics:
         return int(server.server_address[1])
 
     # -- agent side ------------------------------------------------------------------------------
-    def record_trainer_report(self, report: object) -> None:
+    def record_trainer_report(self, report: agent_pb2.TrainerMetrics) -> None:
         """Folds one `agent_pb2.TrainerMetrics` (a trainer's figures since its last report) in."""
         for value in report.step_duration_s:
             self.step_duration.observe(max(0.0, value))
@@ -241,7 +245,7 @@ class TrainerReporter:
             self._channel.close()
 
     # -- background ------------------------------------------------------------------------------
-    def _take(self) -> object | None:
+    def _take(self) -> agent_pb2.TrainerMetrics | None:
         from ftrain.proto.ftrain.v1 import agent_pb2
 
         n = self.MAX_VALUES
@@ -261,6 +265,8 @@ class TrainerReporter:
     def flush(self) -> bool:
         """Sends buffered figures now. Returns False if the agent could not take them (dropped)."""
         ok = True
+        if self._send is None:  # disabled (no agent address, no send): nothing is ever buffered
+            return ok
         while True:
             message = self._take()
             if message is None:

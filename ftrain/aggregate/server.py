@@ -239,6 +239,7 @@ class StateProtector:
                 if self._closed:
                     return
                 job, self._pending = self._pending, None
+                assert job is not None  # the wait above ends on a pending job or on close
                 self._busy = True
             error = ""
             started = time.monotonic()
@@ -691,9 +692,10 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
         if (changed and self.strategy.version % self.snapshot_every == 0) or self.done:
             self._capture_locked()
         self.lock.notify_all()
-        if self.hooks.progress is not None and applied:
+        progress = self.hooks.progress
+        if progress is not None and applied:
             args = (int(h.rank), int(h.generation), int(h.step), int(h.local_steps), float(h.compute_time_s))
-            after.append(lambda: self._safe(self.hooks.progress, *args))
+            after.append(lambda: self._safe(progress, *args))
         hold = bool(getattr(self.strategy, "synchronous", False)) and applied and not changed and not self.done
         return pb.PushReply(status="applied" if applied else "ignored", incarnation=inc, version=self.strategy.version,
                             staleness=tau, hold=hold, done=self.done), after

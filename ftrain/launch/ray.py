@@ -75,6 +75,7 @@ class AgentActor:
                 "--job-id", job_id, "--host", self.host, *agent_args, "--", *command]
         # own session: kill-node's SIGKILL to the trainers' process group never reaches this worker
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+        assert self.process.stdin is not None  # stdin=PIPE
         self.process.stdin.write((json.dumps({"token": token, "env": env, "cwd": cwd}) + "\n").encode())
         self.process.stdin.flush()
         self.exit_code: int | None = None
@@ -105,6 +106,7 @@ class AgentActor:
                 "bootstrap_pid": self.process.pid, "exit_code": self.exit_code}
 
     def stop(self) -> None:
+        assert self.process.stdin is not None  # stdin=PIPE
         try:
             self.process.stdin.close()  # the bootstrap kills the agent's process group
         except OSError:

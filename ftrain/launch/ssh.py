@@ -226,7 +226,7 @@ def _remote_path(path: str) -> str:
 
 @dataclass
 class SshAgent(AgentProcess):
-    host: HostSpec | None = None
+    host: HostSpec = field(kw_only=True)  # always given: the host this agent's ssh connects to
     remote_pid: int | None = None
     bootstrap_pid: int | None = None
     ready: bool = False
@@ -311,6 +311,7 @@ class SshLauncher(LocalLauncher):
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         agent = SshAgent(node_id, process, host=host)
+        assert process.stdin is not None  # stdin=PIPE
         try:
             process.stdin.write(self.bootstrap_message(host))
             process.stdin.flush()
@@ -334,7 +335,9 @@ class SshLauncher(LocalLauncher):
 
     def _read_output(self, agent: SshAgent) -> None:
         prefix = f"[{agent.node_id} {agent.host.label}]"
-        for raw in iter(agent.process.stdout.readline, b""):
+        stdout = agent.process.stdout
+        assert stdout is not None  # stdout=PIPE
+        for raw in iter(stdout.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
             if line.startswith(BOOTSTRAP_MARK):
                 fields = dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
@@ -348,7 +351,7 @@ class SshLauncher(LocalLauncher):
                 continue
             agent.tail.append(line)
             self._emit(f"{prefix} {line}")
-        agent.process.stdout.close()
+        stdout.close()
 
     def _watch_agents(self) -> None:
         now = time.monotonic()
@@ -397,6 +400,7 @@ class SshLauncher(LocalLauncher):
     def shutdown(self) -> None:
         live = [a for a in self.agents if a.process.poll() is None]
         for agent in live:  # closing stdin makes the remote bootstrap kill its agent's process group
+            assert agent.process.stdin is not None  # stdin=PIPE
             try:
                 agent.process.stdin.close()
             except OSError:

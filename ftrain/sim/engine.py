@@ -63,7 +63,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
@@ -250,7 +250,7 @@ class _Policy:
             out.append((self.pause_end, self._end_pause))
         if self.slow:
             eid = min(self.slow, key=self.slow.__getitem__)
-            out.append((self.slow[eid], lambda eid=eid: self._slow_end(eid)))
+            out.append((self.slow[eid], lambda: self._slow_end(eid)))
         return out
 
     def fast_forward(self, t_limit: float) -> None:
@@ -748,7 +748,7 @@ def closed_form(job: Job, p: Resolved) -> dict[str, float]:
     }
 
 
-def scenario(job: Job, p: Mapping[str, Any]) -> dict[str, float]:
+def scenario(job: Job, p: Resolved) -> dict[str, float]:
     """Expected event counts per day for the job (for the report header)."""
     n = job.nodes
     return {

@@ -39,12 +39,12 @@ def _zstd():  # imported lazily: only jobs that ask for compression need the pac
 
 
 def compress(data: np.ndarray, level: int = 1) -> np.ndarray:
-    packed = _zstd().ZstdCompressor(level=level).compress(memoryview(shuffle(data)))
+    packed = _zstd().ZstdCompressor(level=level).compress(shuffle(data).data)
     return np.frombuffer(packed, dtype=np.uint8)
 
 
 def decompress(data: np.ndarray, size: int) -> np.ndarray:
-    raw = _zstd().ZstdDecompressor().decompress(memoryview(np.ascontiguousarray(data)), max_output_size=size)
+    raw = _zstd().ZstdDecompressor().decompress(np.ascontiguousarray(data).data, max_output_size=size)
     if len(raw) != size:
         raise ValueError(f"decompressed {len(raw)} bytes, expected {size}")
     return unshuffle(np.frombuffer(raw, dtype=np.uint8))

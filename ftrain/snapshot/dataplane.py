@@ -201,7 +201,7 @@ class DataPlaneClient:
 
     def put(self, address: str, blob_id: str, index: int, step: int, data: np.ndarray, crc32: int,
             blob_info: bytes = b"", timeout: float = 60.0) -> None:
-        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        view = np.ascontiguousarray(data).data.cast("B")
         request = encode_frame(apb.DataRequest(token=self.token, job_id=self.job_id, op=OP_PUT, blob_id=blob_id,
                                                index=index, step=step, total_len=len(view), crc32=crc32,
                                                blob_info=blob_info))
@@ -228,7 +228,7 @@ class DataPlaneClient:
             if reply.code != OK:
                 raise ShardTransferError(reply.code, reply.message)
             buffer = np.empty(reply.total_len, dtype=np.uint8)
-            recv_exact(sock, memoryview(buffer), deadline)
+            recv_exact(sock, buffer.data, deadline)
             return buffer, reply.crc32
 
         return self._call(address, timeout, exchange)

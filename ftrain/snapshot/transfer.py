@@ -76,7 +76,7 @@ class AgentPool:
             with self._forgotten_if_refused(address):
                 self.data.put(data_address, blob_id, index, step, data, crc32, blob_info, timeout)
             return
-        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        view = np.ascontiguousarray(data).data.cast("B")
         total = len(view)
 
         def chunks() -> Iterator[apb.ShardChunk]:
