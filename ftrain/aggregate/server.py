@@ -150,7 +150,7 @@ class _TrackingPool(AgentPool):
         super().__init__(token, job_id)
         self.failed: dict[str, float] = {}
 
-    def put_shard(self, address: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def put_shard(self, address: str, *args: Any, **kwargs: Any) -> None:
         try:
             super().put_shard(address, *args, **kwargs)
         except (grpc.RpcError, OSError):  # gRPC or shard data plane

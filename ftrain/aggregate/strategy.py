@@ -467,7 +467,7 @@ def make_strategy(spec: str, **options: Any) -> Strategy:
             strategy.synchronous = False
         except AttributeError:
             pass
-    return strategy  # type: ignore[return-value]
+    return strategy
 
 
 def _check_finite_positive(name: str, value: float) -> float:
