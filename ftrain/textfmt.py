@@ -83,9 +83,10 @@ ENV_LOG_SOURCE = "FTRAIN_LOG_SOURCE"
 
 class LineFormatter(logging.Formatter):
     """One format for every ftrain log line: ``HH:MM:SS source: message``, PyTorch's source paths
-    stripped, a long string argument (an error's reason) cut to its first sentence, at most
-    `width` columns (a traceback, when there is one, follows on its own lines). Errors say so
-    after the source."""
+    stripped, a long string argument (an error's reason) cut to its first sentence. Info lines
+    are cut to `width` columns; warnings and errors are kept whole, since what went wrong is in
+    their reason (a traceback, when there is one, follows on its own lines). Errors say so after
+    the source."""
 
     def __init__(self, source: str = "", width: int = LINE_WIDTH) -> None:
         super().__init__()
@@ -103,7 +104,9 @@ class LineFormatter(logging.Formatter):
             message = str(record.msg) % args if args else str(record.msg)
         except (TypeError, ValueError):
             message = record.getMessage()
-        line = fit(f"{when} {source}: {level}{strip_source_paths(message)}", self.width)
+        line = f"{when} {source}: {level}{strip_source_paths(message)}"
+        if record.levelno < logging.WARNING:  # warnings and errors stay whole: their reason is the point
+            line = fit(line, self.width)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

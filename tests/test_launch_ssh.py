@@ -204,7 +204,7 @@ def test_kill_node_over_ssh_bit_identical(sshd: SshdCluster, tmp_path: Path) -> 
     assert result.returncode == 0, result.stdout[-8000:]
     lost = re.search(r"node (node\d) lost", result.stdout)
     assert lost, result.stdout[-6000:]
-    started = dict(re.findall(r"starting agent (node\d+) on (\S+)", result.stdout))
+    started = dict(re.findall(r"starting agent (node\d+) on (\S+?)(?:\.\.\.)?(?:\s|$)", result.stdout))
     assert len(started) == 4, started
     assert started["node3"] == started[lost.group(1)], "the replacement did not start on the lost node's host"
     assert f"[node3 {started['node3']}]" in result.stdout

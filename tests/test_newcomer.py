@@ -132,6 +132,12 @@ def test_a_reason_keeps_its_first_sentence_whole_without_source_paths() -> None:
     assert len(text) <= 100 and "/__w/" not in text and "pair.cc" not in text, text
     assert re.fullmatch(r"\d\d:\d\d:\d\d node1/0: rank 1: step 7 failed \(Connection closed by peer "
                         r"\[127\.0\.0\.1\]:41234\.\); recovering", text), text
+    # a long warning is kept whole (its end says what went wrong); info lines are cut to the width
+    long = logging.LogRecord("ftrain.session", logging.WARNING, __file__, 1, "blob %s rebuilt around bad shards: %s",
+                             ("s14-g0-r2", "shard 0 on node3: shard s14-g0-r2#0 failed its checksum"), None)
+    assert LineFormatter("node4/0").format(long).endswith("failed its checksum")
+    info = logging.LogRecord("ftrain.launch", logging.INFO, __file__, 1, "word " * 40, None, None)
+    assert len(LineFormatter().format(info)) <= 100
 
 
 # -- ISA-L from a plain pip install ------------------------------------------------------------------
