@@ -5,7 +5,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from ftrain.config import DEFAULT_HANG_TIMEOUT_S, ENV_TOKEN, ConfigError, JobSettings, parse_ec, parse_fault
 
@@ -142,7 +142,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.backend == "ssh":
         from ftrain.launch.ssh import launcher_from_args as ssh_launcher
 
-        launcher = ssh_launcher(args, settings, _script_command(args), hosts, spares=args.spares, **common)
+        assert hosts is not None  # loaded above for --backend ssh
+        launcher: Any = ssh_launcher(args, settings, _script_command(args), hosts, spares=args.spares, **common)
     elif args.backend == "ray":
         from ftrain.launch.ray import launcher_from_args as ray_launcher
 

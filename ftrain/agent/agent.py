@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -30,6 +31,7 @@ log = logging.getLogger("ftrain.agent")
 _PR_SET_PDEATHSIG = 1
 
 
+_PRCTL: Any
 try:  # resolved before any fork: the child may only call the function pointer
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # pragma: no cover - not Linux

@@ -171,6 +171,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             buffer[chunk.offset:end] = chunk.data  # type: ignore[index]
         if first is None or buffer is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty shard stream")
+            raise AssertionError("unreachable: abort raises")
         corrupted = self.store.put_checked(first.blob_id, first.index, first.step, buffer, first.crc32,  # type: ignore[union-attr]
                                            first.blob_info)  # type: ignore[union-attr]
         if corrupted:

@@ -312,9 +312,9 @@ class CoordinatorState:
                 f"{restore_step}. " + "; ".join(lost)
             )
             return
-        lost = self.lost_steps.generation_formed(self.plan.generation.number if self.plan else None,
-                                                 generation.number, restore_step)
-        self.metrics.lost_steps.inc(lost)
+        lost_count = self.lost_steps.generation_formed(self.plan.generation.number if self.plan else None,
+                                                       generation.number, restore_step)
+        self.metrics.lost_steps.inc(lost_count)
         self.lost_trainers.clear()
         self.straggler.reset(range(generation.world_size))
         self.hang.reset(range(generation.world_size), now=self.clock())

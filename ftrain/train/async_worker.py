@@ -141,7 +141,7 @@ class AggregatorClient:
             time.sleep(0.25)
 
     def push(self, vector: torch.Tensor, **header: Any) -> pb.PushReply:
-        data = memoryview(vector.detach().contiguous().numpy()).cast("B")
+        data = vector.detach().contiguous().numpy().data.cast("B")
         total = len(data)
         crc = shard_checksum(data) if total else 0
         size = self.chunk_bytes
@@ -242,9 +242,10 @@ class AsyncWorker:
     def __init__(self, session: "Session", local_steps: int | None = None) -> None:
         self.s = session
         self.local_steps = resolve_local_steps(local_steps)
-        self.params = [p for p in session.model.parameters()]
+        self.params: list[torch.Tensor] = [p for p in session.model.parameters()]
         env = session.env
-        assert env is not None
+        assert env is not None and session.client is not None  # async mode runs under an agent
+        self.coordinator = session.client
         self.client = AggregatorClient(env.coordinator, env.token, session.client.connect_timeout_s)
         self.shard: ShardSampler | None = None
         self.incarnation = ""
@@ -284,14 +285,14 @@ class AsyncWorker:
         s = self.s
 
         def follow() -> None:
-            reply = s.client.wait_generation_change(generation, s._closed, lambda: s.generation == generation)
+            reply = self.coordinator.wait_generation_change(generation, s._closed, lambda: s.generation == generation)
             if reply is None or reply.job_state == "complete":
                 return
             if reply.job_state == "failed":
                 self._follow_error = JobFailed("the coordinator declared the job failed")
                 return
             try:
-                assignment = s.client.join(s.trainer_uid, generation)
+                assignment = self.coordinator.join(s.trainer_uid, generation)
             except BaseException as error:  # JobFailed, unreachable coordinator
                 self._follow_error = error
                 return
@@ -396,7 +397,10 @@ class AsyncWorker:
                     s._inject_faults()
                     started = time.perf_counter()
                     indices = self.shard.next_indices() if self.shard is not None else []
-                    batch = s._collate(indices) if self.shard is not None else None
+                    batch = None
+                    if self.shard is not None:
+                        assert s._collate is not None  # a shard exists only with a dataset
+                        batch = s._collate(indices)
                     s._begin_compute()
                     yield s.step, batch
                     s._end_step()
@@ -433,10 +437,10 @@ class AsyncWorker:
                 assignment, self._next = self._next, None
             if assignment is not None and assignment.generation > s.generation:
                 s.generation, s.rank, s.world_size = assignment.generation, assignment.rank, assignment.world_size
-            s.client.call("ReportFinished", pb.FinishedReport(trainer_uid=s.trainer_uid, generation=s.generation,
+            self.coordinator.call("ReportFinished", pb.FinishedReport(trainer_uid=s.trainer_uid, generation=s.generation,
                                                                rank=s.rank, step=s.step))
             while True:
-                reply = s.client.call("WatchGeneration", pb.WatchRequest(known_generation=s.generation, wait_s=20.0),
+                reply = self.coordinator.call("WatchGeneration", pb.WatchRequest(known_generation=s.generation, wait_s=20.0),
                                       timeout=30.0)
                 if reply.job_state == "complete":
                     return
@@ -447,7 +451,7 @@ class AsyncWorker:
             with self._lock:
                 assignment, self._next = self._next, None
             if assignment is None or assignment.generation <= s.generation:
-                assignment = s.client.join(s.trainer_uid, s.generation)
+                assignment = self.coordinator.join(s.trainer_uid, s.generation)
             s.generation, s.rank, s.world_size = assignment.generation, assignment.rank, assignment.world_size
 
     def global_batch_indices(self) -> list[list[int]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 
@@ -32,7 +32,7 @@ class CoordinatorClient:
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
         self.metadata = token_metadata(env.token)
 
-    def call(self, method: str, request: object, timeout: float = 10.0, retry_unavailable: bool = True) -> object:
+    def call(self, method: str, request: object, timeout: float = 10.0, retry_unavailable: bool = True) -> Any:
         deadline = time.monotonic() + self.connect_timeout_s
         while True:
             try:

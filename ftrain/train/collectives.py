@@ -187,7 +187,8 @@ class Group:
 def _create_discarded_backend(common_opts: Any, backend_opts: Any) -> Any:
     from torch._C._distributed_c10d import FakeProcessGroup
 
-    return FakeProcessGroup._create_internal(common_opts.group_rank, common_opts.group_size, backend_opts)
+    return FakeProcessGroup._create_internal(common_opts.group_rank, common_opts.group_size,  # type: ignore[call-arg]
+                                             backend_opts)  # torch's stub lacks the options argument
 
 
 def install_discarded_group(rank: int, world_size: int) -> None:

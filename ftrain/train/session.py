@@ -289,6 +289,17 @@ class Session:
             error, self._exit_error = self._exit_error, None
             raise error
 
+    @property
+    def _coordinator(self) -> CoordinatorClient:
+        """The coordinator client of a session an agent started (a plain `python` run has none)."""
+        assert self.client is not None, "this session runs without a coordinator"
+        return self.client
+
+    @property
+    def _env(self) -> TrainerEnv:
+        assert self.env is not None, "this session runs without a coordinator"
+        return self.env
+
     def __enter__(self) -> "Session":
         return self
 
@@ -449,7 +460,7 @@ class Session:
         opt = self.optimizer.state_dict()
         opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
         for pid in sorted(opt["state"]):
-            entry = {}
+            entry: dict[str, Any] = {}
             for key in sorted(opt["state"][pid]):
                 value = opt["state"][pid][key]
                 if isinstance(value, torch.Tensor):
@@ -511,7 +522,7 @@ class Session:
         report.stall_s = self._last_stall_s  # the newest finished capture's stall
         blob = report.blob
         self.reporter.snapshot_stored(report.snapshot_duration_s, blob.size, blob.k * blob.shard_len if blob.m else 0)
-        return self.client.call("ReportSnapshot", report, timeout=30.0)
+        return self._coordinator.call("ReportSnapshot", report, timeout=30.0)
 
     def _report_state(self) -> None:
         self.reporter.state(rank=self.rank, generation=self.generation, world_size=self.world_size, step=self.step,
@@ -520,7 +531,7 @@ class Session:
     def _commit_reply(self, step: int, generation: int) -> pb.WaitCommittedResponse:
         """Long-polls until `step` is committed or the generation moves on."""
         while True:
-            reply = self.client.call("WaitCommitted", pb.WaitCommittedRequest(step=step, generation=generation,
+            reply = self._coordinator.call("WaitCommitted", pb.WaitCommittedRequest(step=step, generation=generation,
                                                                                wait_s=20.0), timeout=30.0)
             if reply.committed or reply.current_generation != generation:
                 return reply
@@ -721,7 +732,8 @@ class Session:
 
     def _start_watcher(self, generation: int) -> None:
         def watch() -> None:
-            reply = self.client.wait_generation_change(generation, self._closed, lambda: self.generation == generation)
+            reply = self._coordinator.wait_generation_change(generation, self._closed,
+                                                             lambda: self.generation == generation)
             if reply is not None and (reply.generation != generation or reply.job_state == "failed") \
                     and self.generation == generation:
                 self._moved.set()
@@ -730,7 +742,7 @@ class Session:
 
     def _node_index(self) -> int:
         for index, member in enumerate(self._members):
-            if member.node_id == self.env.node_id:
+            if member.node_id == self._env.node_id:
                 return index
         return -1
 
@@ -743,13 +755,13 @@ class Session:
                 continue
             if fault.kind in ("kill-rank", "hang-rank") and fault.target == self.rank:
                 pass
-            elif fault.kind == "kill-node" and fault.target == self._node_index() and self.env.local_rank == 0:
+            elif fault.kind == "kill-node" and fault.target == self._node_index() and self._env.local_rank == 0:
                 pass
             elif fault.kind == "corrupt-shard" and self.rank == 0:
                 pass
             else:
                 continue
-            claim = self.client.call("ClaimFault", pb.FaultClaim(trainer_uid=self.trainer_uid, fault=fault.raw,
+            claim = self._coordinator.call("ClaimFault", pb.FaultClaim(trainer_uid=self.trainer_uid, fault=fault.raw,
                                                                  rank=self.rank, step=self.step))
             if not claim.ok:
                 continue
