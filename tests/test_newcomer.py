@@ -23,36 +23,15 @@ from ftrain.coordinator.server import CoordinatorState
 from ftrain.snapshot.erasure import default_backend
 from ftrain.status import format_status
 from ftrain.textfmt import LineFormatter, fit, short_reason
-from procs import REPO, coordinator_status, free_port, kill_job, new_job_id
+from procs import REPO, SCRIPTS, coordinator_status, free_port, kill_job, new_job_id
 
 TOKEN = "newcomer-test-token-5c1d"
-STEADY_JOB = textwrap.dedent("""
-    import time
-    import torch
-    from torch import nn
-    import ftrain
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    x = torch.randn(96, 8)
-    y = (x.sum(1) > 0).long()
-    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    session = ftrain.init(model, optimizer, dataset=torch.utils.data.TensorDataset(x, y), batch_size=16, seed=1)
-    for step, (features, labels) in session.steps(5000):
-        time.sleep(0.02)
-        nn.functional.cross_entropy(session.model(features), labels).backward()
-        session.optimizer.step()
-        session.optimizer.zero_grad()
-    session.finish()
-""")
 
 
 # -- status: the code in use, consistent steps; --events-file written live -----------------------------
 @pytest.mark.timeout(180)
 def test_status_shows_the_effective_code_and_a_killed_launcher_leaves_its_events(tmp_path: Path) -> None:
-    script = tmp_path / "steady_job.py"
-    script.write_text(STEADY_JOB)
+    script = SCRIPTS / "steady_job.py"
     events_file = tmp_path / "events.jsonl"
     job_id = new_job_id("newcomer")
     port = free_port()
@@ -60,7 +39,7 @@ def test_status_shows_the_effective_code_and_a_killed_launcher_leaves_its_events
     launcher = subprocess.Popen(
         [sys.executable, "-m", "ftrain", "launch", "--nodes", "3", "--ec", "4+2", "--job-id", job_id,
          "--coordinator-port", str(port), "--events-file", str(events_file), "--timeout", "150", "--",
-         str(script)], env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+         str(script), "--samples", "96", "--steps", "5000"], env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:

@@ -7,36 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 
 import pytest
 
 from ftrain.status import StatusError, fetch_status, format_status
-from procs import REPO, kill_job, new_job_id
+from procs import REPO, SCRIPTS, kill_job, new_job_id
 
 TOKEN = "status-test-token-93ab"
-STEADY_JOB = textwrap.dedent("""
-    import time
-    import torch
-    from torch import nn
-    import ftrain
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    x = torch.randn(128, 8)
-    y = (x.sum(1) > 0).long()
-    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    session = ftrain.init(model, optimizer, dataset=torch.utils.data.TensorDataset(x, y), batch_size=16, seed=1)
-    for step, (features, labels) in session.steps(2000):
-        time.sleep(0.02)
-        nn.functional.cross_entropy(session.model(features), labels).backward()
-        session.optimizer.step()
-        session.optimizer.zero_grad()
-    session.finish()
-""")
 
 
 def _free_port() -> int:
@@ -54,16 +33,15 @@ def status_cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory):
+def job():
     """A 2-node job that keeps training while the tests look at it; killed at the end."""
-    script = tmp_path_factory.mktemp("status") / "steady_job.py"
-    script.write_text(STEADY_JOB)
+    script = SCRIPTS / "steady_job.py"
     job_id = new_job_id("status")
     port = _free_port()
     env = dict(os.environ, FTRAIN_JOB_ID=job_id, FTRAIN_TOKEN=TOKEN)
     process = subprocess.Popen(
         [sys.executable, "-m", "ftrain", "launch", "--nodes", "2", "--job-id", job_id, "--coordinator-port", str(port),
-         "--metrics-port", "0", "--timeout", "240", "--", str(script)],
+         "--metrics-port", "0", "--timeout", "240", "--", str(script), "--samples", "128", "--steps", "2000"],
         env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
