@@ -16,6 +16,7 @@ import torch
 from torch._C._distributed_c10d import BroadcastOptions, PrefixStore, TCPStore
 
 from ftrain.config import parse_host_port
+from ftrain.textfmt import short_reason
 
 
 class CollectiveError(RuntimeError):
@@ -128,7 +129,7 @@ def install_default_group(store: TCPStore, job_id: str, generation: int, rank: i
                                 world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as error:
         raise CollectiveError(f"building the process group of generation {generation} failed: "
-                              f"{str(error).splitlines()[0][:300]}") from None
+                              f"{short_reason(str(error))}") from None
     group = dist.group.WORLD
     assert group is not None
     return group
@@ -170,7 +171,7 @@ class Group:
         except RuntimeError as error:
             if isinstance(error, CollectiveError):
                 raise
-            raise CollectiveError(f"{what} failed: {str(error).splitlines()[0][:300]}") from None
+            raise CollectiveError(f"{what} failed: {short_reason(str(error))}") from None
         finally:
             self.waiting_since = None
 

@@ -39,6 +39,7 @@ from ftrain.snapshot import layout as lay
 from ftrain.snapshot.capture import LocalBlob, SnapshotEngine, SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
 from ftrain.train import collectives
+from ftrain.textfmt import short_reason
 from ftrain.train.client import CoordinatorClient, JobFailed
 from ftrain.train.data import ElasticSampler, make_collate
 from ftrain.train.ddp import DEFAULT_BUCKET_CAP_MB, DistributedModule, Reducer
@@ -348,7 +349,7 @@ class Session:
                 continue
             # outside the except block, so the failed step's frames (and its process group) are released
             self.stats["failed_steps"] += 1
-            log.warning("rank %d: step %d failed (%s); recovering", self.rank, self.step, reason[:200])
+            log.warning("rank %d: step %d failed (%s); recovering", self.rank, self.step, short_reason(reason))
             self._report_failure(reason)
             self._recover(first=False)
 
@@ -605,7 +606,7 @@ class Session:
                 if isinstance(error, SnapshotLost):
                     self._report_failure(f"snapshot lost: {error}")
                 log.warning("rank %d: generation %d failed while forming (%s); retrying", assignment.rank,
-                            assignment.generation, str(error)[:200])
+                            assignment.generation, short_reason(str(error)))
                 self.generation = assignment.generation
 
     def _enter_generation(self, a: pb.GenerationAssignment) -> None:
