@@ -2,8 +2,8 @@
 
 A rank reports the step at which it finished (the last step, or the step of a `break`). The job
 is complete once every rank has finished at one step. A rank that finished while another has
-gone past that step, or is blocked in a collective of a later step (waiting for the finished
-rank), or finished at another step, is a bug in the user's loop (a `break` on some ranks
+gone past that step, or is blocked in (or failed out of) a collective of a later step (waiting
+for the finished rank, or left by it), or finished at another step, is a bug in the user's loop (a `break` on some ranks
 only): the job fails with one message that says so. Pure logic, no I/O.
 """
 from __future__ import annotations
@@ -16,8 +16,9 @@ def finish_verdict(world_size: int, finished: Mapping[int, int], progress: Mappi
     """("complete" | "wait" | "mismatch", message) for the ranks' finish reports so far.
 
     `finished`: rank -> step it finished at; `progress`: rank -> its newest reported step;
-    `waiting_at`: rank -> the step at which its newest pulse found it blocked in one of ftrain's
-    collectives (ranks not blocked are absent)."""
+    `waiting_at`: rank -> the steps it had done when its newest pulse found it blocked in one of
+    ftrain's collectives, or when such a collective failed (ranks neither blocked nor failed are
+    absent)."""
     if not finished:
         return "wait", ""
     steps = sorted(set(finished.values()))

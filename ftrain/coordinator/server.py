@@ -65,6 +65,7 @@ class CoordinatorState:
         self.bugs = BugDetector()  # the user's own exceptions: the same one after a restart fails the job
         self.unfired: list[str] = []  # warnings for --inject specs that never fired (set when the job ends)
         self.finished: dict[int, int] = {}  # rank -> the step it left session.steps() at
+        self.failed_at: dict[int, int] = {}  # rank -> steps it had done when a collective of its failed (this generation)
         self.formed_at = clock()  # when the current generation formed (first-pulse grace)
         self.pulse_seen: dict[str, float] = {}  # trainer uid -> its newest pulse, in any generation (liveness)
         self.job_state = "running"
@@ -216,9 +217,13 @@ class CoordinatorState:
                 self._warn_unfired()
                 self.cond.notify_all()
             return
+        # a rank blocked in a collective of step S (a pulse saw it) or whose collective failed there is
+        # in a step past one that a finished rank left at
+        waiting = {r: step for r, (_, blocked, step) in self.pulses.items() if blocked}
+        for rank, step in self.failed_at.items():
+            waiting[rank] = max(step, waiting.get(rank, -1))
         verdict, message = finish_verdict(plan.generation.world_size, self.finished,
-                                          {r: step for r, (step, _) in self.progress.items()},
-                                          {r: step for r, (_, waiting, step) in self.pulses.items() if waiting})
+                                          {r: step for r, (step, _) in self.progress.items()}, waiting)
         if verdict == "complete":
             self.job_state = "complete"
             self.event("job-complete", message)
@@ -324,6 +329,7 @@ class CoordinatorState:
         self.plan = GenerationPlan(generation, restore_step, blobs)
         self.catalog.open_generation(generation.number, generation.world_size)
         self.finished.clear()
+        self.failed_at.clear()
         self.progress.clear()
         self.metrics.generation.set(generation.number)
         self.metrics.world_size.set(generation.world_size)
@@ -595,6 +601,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def ReportFailure(self, request: pb.FailureReport, context: grpc.ServicerContext) -> pb.Ack:
         s = self.s
         with s.cond:
+            plan = s.plan
+            if plan is not None and request.generation == plan.generation.number and request.rank in s.progress:
+                s.failed_at[request.rank] = s.progress[request.rank][0]  # reported just before the failure
+                s.check_finish()
             opened = s.membership.collective_failed(request.generation, s.clock())
             if opened:
                 s.event("collective-failed", f"rank {request.rank} of generation {request.generation}: "
