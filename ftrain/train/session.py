@@ -363,8 +363,7 @@ class Session:
         """The last step is done: commit its snapshot, then tell the coordinator."""
         if self._committed_step != self.step:
             self._capture_and_wait()
-        assert self.client is not None
-        self.client.call("ReportFinished", pb.FinishedReport(
+        self._coordinator.call("ReportFinished", pb.FinishedReport(
             trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step))
 
     def _left_early(self, total_steps: int) -> None:
@@ -561,21 +560,19 @@ class Session:
 
     # -- recovery ----------------------------------------------------------------------------
     def _report_failure(self, reason: str) -> None:
-        assert self.client is not None
         try:  # progress first: the coordinator counts the steps lost between the restore step and here
-            self.client.call("ReportProgress", pb.ProgressReport(trainer_uid=self.trainer_uid, generation=self.generation,
+            self._coordinator.call("ReportProgress", pb.ProgressReport(trainer_uid=self.trainer_uid, generation=self.generation,
                                                                  rank=self.rank, step=self.step))
-            self.client.call("ReportFailure", pb.FailureReport(trainer_uid=self.trainer_uid, generation=self.generation,
+            self._coordinator.call("ReportFailure", pb.FailureReport(trainer_uid=self.trainer_uid, generation=self.generation,
                                                                rank=self.rank, reason=reason[:500]))
         except Exception as error:  # the coordinator finds the failure by itself too
             log.warning("could not report the failure: %s", error)
 
     def _report_user_error(self, error: BaseException) -> tuple[bool, int]:
         """Tells the coordinator what the user's code raised: (print the traceback?, the step)."""
-        assert self.client is not None
         step = self._body_step if self._body_step is not None else self.step
         try:
-            verdict = self.client.call("ReportUserError", pb.UserErrorReport(
+            verdict = self._coordinator.call("ReportUserError", pb.UserErrorReport(
                 trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=step,
                 error_type=type(error).__name__, error_message=str(error)[:500]), timeout=5.0, retry_unavailable=False)
         except Exception as failure:  # the traceback is printed anyway
@@ -584,7 +581,6 @@ class Session:
         return bool(verdict.print_traceback), step
 
     def _recover(self, first: bool, pending: pb.GenerationAssignment | None = None) -> None:
-        assert self.client is not None
         if not first:
             self.stats["recoveries"] += 1
         while True:
@@ -593,7 +589,7 @@ class Session:
             if self._feed is not None:
                 self._feed.reset()
             self.engine.wait_previous()
-            assignment, pending = pending or self.client.join(self.trainer_uid, self.generation), None
+            assignment, pending = pending or self._coordinator.join(self.trainer_uid, self.generation), None
             if assignment.status == "complete":
                 # a spare that was never needed (or a trainer replaced meanwhile): it must not run the
                 # user's code after the loop (it has no rank), so it leaves quietly
@@ -610,7 +606,6 @@ class Session:
                 self.generation = assignment.generation
 
     def _enter_generation(self, a: pb.GenerationAssignment) -> None:
-        assert self.env is not None
         self.generation, self.rank, self.world_size = a.generation, a.rank, a.world_size
         self.batch_shares = list(a.batch_shares)
         self._members = list(a.members)
@@ -626,7 +621,7 @@ class Session:
             self._store = collectives.connect_store(a.store_address, max(30.0, timeout_s))
             self._store_address = a.store_address
         bind_host = os.environ.get("FTRAIN_BIND_HOST", "127.0.0.1")
-        pg = collectives.install_default_group(self._store, self.env.job_id, a.generation, a.rank, a.world_size,
+        pg = collectives.install_default_group(self._store, self._env.job_id, a.generation, a.rank, a.world_size,
                                                timeout_s, bind_host, self.use_cuda)
         self._group = collectives.Group(pg, self._moved.is_set)
         self.reducer.set_group(self._group)
