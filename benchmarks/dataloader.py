@@ -6,38 +6,18 @@ torchrun's. Usage: python benchmarks/dataloader.py [--ranks 2] [--rounds 2]
 """
 import argparse
 import os
-import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+from jobs import free_port, run_for
+
 JOB = str(Path(__file__).resolve().parent / "dataloader_job.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(command: list[str], env: dict[str, str]) -> float:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=600)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    found = re.findall(r"samples/s ([0-9.]+)", output)
-    if process.returncode != 0 or not found:
-        raise SystemExit(f"{' '.join(command)} failed:\n{output[-3000:]}")
-    return float(found[-1])
+    return run_for("samples/s", command, env, timeout=600)
 
 
 def main() -> None:

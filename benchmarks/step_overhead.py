@@ -13,10 +13,7 @@ Usage: python benchmarks/step_overhead.py [--ranks 3] [--state-mib 20 400] [--ro
 """
 import argparse
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,41 +22,14 @@ import time
 import uuid
 from pathlib import Path
 
+from jobs import figure, free_port, kill_group, run_for
+
 JOB = str(Path(__file__).resolve().parent / "step_overhead_job.py")
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def step_time(output: str, command: list[str]) -> float:
-    found = re.findall(r"step_s ([0-9.]+)", output)
-    if not found:
-        raise SystemExit(f"{' '.join(command)} printed no step time:\n{output[-3000:]}")
-    return float(found[-1])
-
-
 def run(command: list[str], env: dict[str, str]) -> float:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=900)
-    finally:
-        kill_group(process)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
-    return step_time(output, command)
+    return run_for("step_s", command, env, timeout=900)
 
 
 def run_torchft(python: str, ranks: int, job_args: list[str], env: dict[str, str]) -> float:
@@ -86,7 +56,7 @@ def run_torchft(python: str, ranks: int, job_args: list[str], env: dict[str, str
         for p, output in zip(replicas, outputs):
             if p.returncode != 0:
                 raise SystemExit(f"TorchFT replica failed ({p.returncode}):\n{output[-3000:]}")
-        return step_time(outputs[0], ["torchft replica 0"])
+        return figure(outputs[0], "step_s", "torchft replica 0")
     finally:
         for p in replicas:
             kill_group(p)

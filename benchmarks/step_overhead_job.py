@@ -11,12 +11,13 @@ Rank 0 prints `step_s S` (mean wall time per step after the warm-up steps).
 """
 import argparse
 import os
-import socket
 import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from jobs import free_port
 
 
 def build_model(state_mib: float) -> tuple[nn.Module, int]:
@@ -35,12 +36,6 @@ def build_model(state_mib: float) -> tuple[nn.Module, int]:
 def batch(step: int, rank: int, size: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(step * 1000 + rank)
     return torch.randn(size, width, generator=generator), torch.randn(size, width, generator=generator)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
