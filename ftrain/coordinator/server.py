@@ -212,10 +212,7 @@ class CoordinatorState:
             return
         if self.settings.mode == "async":  # workers do different numbers of steps by design
             if len(self.finished) == plan.generation.world_size:
-                self.job_state = "complete"
-                self.event("job-complete", f"all {plan.generation.world_size} workers finished")
-                self._warn_unfired()
-                self.cond.notify_all()
+                self.complete(f"all {plan.generation.world_size} workers finished")
             return
         # a rank blocked in a collective of step S (a pulse saw it) or whose collective failed there is
         # in a step past one that a finished rank left at
@@ -225,10 +222,7 @@ class CoordinatorState:
         verdict, message = finish_verdict(plan.generation.world_size, self.finished,
                                           {r: step for r, (step, _) in self.progress.items()}, waiting)
         if verdict == "complete":
-            self.job_state = "complete"
-            self.event("job-complete", message)
-            self._warn_unfired()
-            self.cond.notify_all()
+            self.complete(message)
         elif verdict == "mismatch":
             self.fail(message)
 
@@ -343,6 +337,13 @@ class CoordinatorState:
             generation=generation.number, world_size=generation.world_size, restore_step=restore_step,
         )
         self.cond.notify_all()
+
+    def complete(self, message: str) -> None:
+        if self.job_state == "running":
+            self.job_state = "complete"
+            self.event("job-complete", message)
+            self._warn_unfired()
+            self.cond.notify_all()
 
     def fail(self, message: str) -> None:
         if self.job_state == "running":
