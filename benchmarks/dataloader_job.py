@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from jobs import KEPT_GROUPS
+
 
 class CostlyItems(torch.utils.data.Dataset):
     def __init__(self, n: int, kind: str, cost_s: float) -> None:
@@ -45,6 +47,7 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     if "RANK" in os.environ and "FTRAIN_COORDINATOR" not in os.environ:
         dist.init_process_group("gloo")
+        KEPT_GROUPS.append(dist.group.WORLD)
         net = nn.parallel.DistributedDataParallel(model)
         sampler = torch.utils.data.DistributedSampler(dataset, seed=0)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
@@ -77,3 +80,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    KEPT_GROUPS.clear()

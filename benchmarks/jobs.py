@@ -1,10 +1,18 @@
 """Process helpers shared by the benchmarks that run whole jobs: a free port, killing a job's
-process group, and running a job to read one figure it prints."""
+process group, running a job to read one figure it prints, and a clean torchrun + DDP exit."""
 import os
 import re
 import signal
 import socket
 import subprocess
+
+
+# torchrun + DDP jobs keep their default group here until main() has returned (then clear it).
+# Otherwise DDP's Reducer can hold the group's last reference, and freeing the Reducer (with the
+# GIL held) runs gloo's destructor, which joins a worker thread that may still be dropping the
+# last collective's tensors and needs the GIL: plain torch 2.13 then hangs at exit. A group
+# freed from Python releases the GIL first.
+KEPT_GROUPS: list = []
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from jobs import free_port
+from jobs import KEPT_GROUPS, free_port
 
 
 def build_model(state_mib: float) -> tuple[nn.Module, int]:
@@ -83,6 +83,7 @@ def main() -> None:
         steps = iter(session.steps(args.steps))
     else:
         dist.init_process_group("gloo")
+        KEPT_GROUPS.append(dist.group.WORLD)
         net, step_optimizer, rank = nn.parallel.DistributedDataParallel(model), optimizer, dist.get_rank()
         steps = iter(range(args.steps))
     started = 0.0
@@ -119,3 +120,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    KEPT_GROUPS.clear()

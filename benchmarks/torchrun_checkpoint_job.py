@@ -19,6 +19,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from transformer_lm import TinyLM, synthetic_tokens  # noqa: E402
 
+from jobs import KEPT_GROUPS  # noqa: E402
+
 
 def log(path: str, **event) -> None:
     with open(path, "a") as f:
@@ -44,6 +46,7 @@ def main() -> None:
     # full-mesh connect in torch 2.13 picks up the dead attempt's addresses and times out
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
     dist.init_process_group("gloo", store=dist.PrefixStore(f"attempt{attempt}/", store), rank=rank, world_size=world)
+    KEPT_GROUPS.append(dist.group.WORLD)
     torch.manual_seed(0)
     data = synthetic_tokens(4096, 64, 256)
     model = nn.parallel.DistributedDataParallel(TinyLM(dim=args.dim))
@@ -82,3 +85,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    KEPT_GROUPS.clear()

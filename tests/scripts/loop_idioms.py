@@ -18,6 +18,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# torchrun reference only: the default group is kept here until main() has returned. Otherwise
+# DDP's Reducer can hold the group's last reference, and freeing the Reducer (with the GIL held)
+# runs gloo's destructor, which joins a worker thread that may still be dropping the last
+# collective's tensors and needs the GIL: plain torch 2.13 then hangs at exit (1 run in 3 here).
+# A group freed from Python releases the GIL first.
+KEPT_GROUPS: list = []
+
 
 class Items(torch.utils.data.Dataset):
     """Synthetic regression items; each returns its id so the ledger can count samples."""
@@ -82,6 +89,7 @@ def main() -> None:
         from ftrain.train.data import ElasticSampler
 
         dist.init_process_group("gloo")
+        KEPT_GROUPS.append(dist.group.WORLD)
         rank, world = dist.get_rank(), dist.get_world_size()
         ddp = nn.parallel.DistributedDataParallel(model)
         sampler = ElasticSampler(len(dataset), args.batch_size, seed=5)
@@ -158,3 +166,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    KEPT_GROUPS.clear()
