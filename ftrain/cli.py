@@ -33,7 +33,30 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
                         help="response ladder for slow ranks: report | rebalance | evict")
     parser.add_argument("--compress", default="none", help="none | zstd (snapshot shards)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    durable = parser.add_argument_group("durable tier (agents write committed snapshots to disk in the background)")
+    durable.add_argument("--checkpoint-dir", default="",
+                         help="directory every agent can write (a shared mount): turns the durable tier on")
+    durable.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100; "
+                         "0: by time only)")
+    durable.add_argument("--checkpoint-every-s", type=float, default=0.0,
+                         help="seconds between checkpoints (default 0: by steps only)")
+    durable.add_argument("--checkpoint-keep", type=int, default=2, help="complete checkpoints kept (default 2)")
+    durable.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
+                         help="start from the newest complete checkpoint in DIR (default: --checkpoint-dir)")
+    durable.add_argument("--resume-if-any", action="store_true",
+                         help="with --resume: start fresh when DIR holds no complete checkpoint (the operator's way)")
     _tls_arguments(parser)
+
+
+def _resume_dir(args: argparse.Namespace) -> str:
+    if args.resume is None:
+        if args.resume_if_any:
+            raise ConfigError("--resume-if-any goes with --resume [DIR]")
+        return ""
+    where = args.resume or args.checkpoint_dir
+    if not where:
+        raise ConfigError("--resume needs a directory: --resume DIR, or --checkpoint-dir DIR to resume from")
+    return os.path.abspath(where)
 
 
 def _tls_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +106,9 @@ def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings
         inject=tuple(parse_fault(spec) for spec in args.inject), replace_timeout_s=replace_timeout_s,
         collective_timeout_s=args.collective_timeout, heartbeat_dead_after_s=args.heartbeat_timeout,
         hang_timeout_s=args.hang_timeout, straggler_policy=args.straggler_policy,
-        compress=args.compress,
+        compress=args.compress, checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "",
+        checkpoint_every=args.checkpoint_every, checkpoint_every_s=args.checkpoint_every_s,
+        checkpoint_keep=args.checkpoint_keep, resume_dir=_resume_dir(args), resume_optional=args.resume_if_any,
     ).validate()
 
 
@@ -184,6 +209,13 @@ def job_summary(status: dict) -> list[str]:
     lines.append(f"codec {codec_text(status)}; failures {status.get('failures', 0)}, recoveries "
                  f"{status.get('recoveries', 0)}, lost steps {status.get('lost_steps', 0)}"
                  + (f", last committed step {committed}" if status.get("mode") != "async" else ""))
+    durable = status.get("checkpoint")
+    if durable:
+        lines.append(("resumed from the durable checkpoint of step " + str(durable["resumed_from"]) + "; "
+                      if durable.get("resumed_from") is not None else "")
+                     + (f"last durable checkpoint: step {durable['last_step']} in {durable['dir']}"
+                        if durable.get("dir") and durable.get("last_step", -1) >= 0 else
+                        "no durable checkpoint written" if durable.get("dir") else "").rstrip("; "))
     lines += aggregator_lines(status) + list(status.get("unfired_faults") or [])
     # a failed job's reason is the last line (what a user sees first); a completed job's outcome leads
     return lines + [head] if status.get("state") == "failed" else [head] + lines
@@ -213,7 +245,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     agent = Agent(args.coordinator, _token_from_env("ftrain agent"), args.nproc_per_node, _script_command(args),
                   job_id=args.job_id, node_id=args.node_id, host=args.host, port=args.port,
-                  metrics_port=args.metrics_port, max_restarts=args.max_restarts)
+                  metrics_port=args.metrics_port, max_restarts=args.max_restarts,
+                  checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "")
     return agent.run()
 
 
@@ -314,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--port", type=int, default=0)
     agent.add_argument("--metrics-port", type=int, default=None)
     agent.add_argument("--max-restarts", type=int, default=10)
+    agent.add_argument("--checkpoint-dir", default="",
+                       help="where this node mounts the job's checkpoint directory, when not at the job's path")
     _tls_arguments(agent)
     agent.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     agent.set_defaults(func=cmd_agent)

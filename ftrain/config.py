@@ -125,6 +125,12 @@ class JobSettings:
     hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     straggler_policy: str = "rebalance"
     pulse_silent_after_s: float = 6.0  # a trainer whose pulses stop this long is frozen (killed at once)
+    checkpoint_dir: str = ""           # the durable tier: agents write committed snapshots here ("" = off)
+    checkpoint_every: int = 100        # steps between durable checkpoints (0: by time only)
+    checkpoint_every_s: float = 0.0    # seconds between durable checkpoints (0: by steps only)
+    checkpoint_keep: int = 2           # complete checkpoints kept
+    resume_dir: str = ""               # start from the newest complete checkpoint here ("" = a fresh job)
+    resume_optional: bool = False      # no checkpoint in resume_dir: start fresh instead of failing
 
     def effective_collective_timeout_s(self, hang_timeout_s: float | None = None) -> float:
         """The collective timeout handed to a generation: the one set, else the hang timeout (as the
@@ -156,6 +162,19 @@ class JobSettings:
             raise ConfigError(f"collective timeout must be > 0 s; got {self.collective_timeout_s}")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.job_id):
             raise ConfigError(f"job id must be lowercase letters, digits and '-', 1-63 characters; got {self.job_id!r}")
+        if self.checkpoint_dir:
+            if self.checkpoint_every < 0 or self.checkpoint_every_s < 0:
+                raise ConfigError("--checkpoint-every and --checkpoint-every-s must be >= 0")
+            if self.checkpoint_every == 0 and self.checkpoint_every_s == 0:
+                raise ConfigError("--checkpoint-dir needs --checkpoint-every N (steps) or --checkpoint-every-s T "
+                                  "(seconds) above 0")
+            if self.checkpoint_keep < 1:
+                raise ConfigError(f"--checkpoint-keep must be >= 1; got {self.checkpoint_keep}")
+            if not os.path.isabs(self.checkpoint_dir):
+                raise ConfigError(f"--checkpoint-dir must be an absolute path (agents may run elsewhere); "
+                                  f"got {self.checkpoint_dir!r}")
+        if self.resume_dir and not os.path.isabs(self.resume_dir):
+            raise ConfigError(f"--resume must be an absolute path; got {self.resume_dir!r}")
         for fault in self.inject:
             if fault.kind in ("kill-node", "corrupt-shard") and fault.target >= self.target_nodes:
                 raise ConfigError(

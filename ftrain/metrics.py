@@ -10,7 +10,10 @@ process does not own stays at zero there). Who moves what:
   time per step between two commits), snapshot stall/duration/bytes/encode bytes (from the
   trainers' snapshot reports), `ftrain_failures_total{kind}`, `ftrain_recoveries_total`,
   `ftrain_recovery_duration_seconds`, `ftrain_lost_steps_total`, `ftrain_stragglers_total`,
-  `ftrain_straggler_score{rank}`, `ftrain_heartbeat_age_seconds{node}`.
+  `ftrain_straggler_score{rank}`, `ftrain_heartbeat_age_seconds{node}`; the durable tier's
+  `ftrain_checkpoint_duration_seconds`, `ftrain_checkpoint_bytes_total`,
+  `ftrain_checkpoint_last_step` and `ftrain_checkpoint_failures_total{reason}` (from the agents'
+  checkpoint results).
 * agent (node view, one scrape target per node): its trainers report to it through the Agent
   service's `ReportTrainerMetrics` RPC (`TrainerReporter`, batched every 0.5 s from a background
   thread, never blocking the training loop): `ftrain_world_size`, `ftrain_generation`,
@@ -98,6 +101,17 @@ class Metrics:
         self.trainer_step = Gauge(
             "ftrain_trainer_step", "Steps done by each trainer of this node (agent only)", ["local_rank"], registry=r
         )
+        self.checkpoint_duration = Histogram(
+            "ftrain_checkpoint_duration_seconds", "Time from a step's commit to its durable checkpoint being complete",
+            buckets=_RECOVERY_BUCKETS, registry=r)
+        self.checkpoint_bytes = Counter("ftrain_checkpoint_bytes", "Bytes written to durable checkpoints", registry=r)
+        self.checkpoint_last_step = Gauge(
+            "ftrain_checkpoint_last_step", "Step of the newest complete durable checkpoint (-1: none)", registry=r)
+        self.checkpoint_last_step.set(-1)
+        self.checkpoint_failures = Counter(
+            "ftrain_checkpoint_failures", "Durable checkpoints skipped or abandoned, by reason "
+            "(busy, disk-full, read-only, permission, io-error, shards-unreadable, writer-lost, timeout, ...)",
+            ["reason"], registry=r)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         """Starts the /metrics HTTP endpoint; returns the bound port (port 0 picks a free one)."""

@@ -71,10 +71,12 @@ def survives(k: int, m: int, nodes: int) -> int:
     return m + 1 if nodes >= 2 else 0
 
 
-def restore_phrase(step: int) -> str:
+def restore_phrase(step: int, durable: bool = False) -> str:
     """'starts from scratch' for step -1 (no snapshot committed yet), else 'resumes from the
-    snapshot of step N'."""
-    return "starts from scratch" if step < 0 else f"resumes from the snapshot of step {step}"
+    snapshot of step N' (or 'the durable checkpoint of step N', read from disk)."""
+    if step < 0:
+        return "starts from scratch"
+    return f"resumes from the {'durable checkpoint' if durable else 'snapshot'} of step {step}"
 
 
 ENV_LOG_SOURCE = "FTRAIN_LOG_SOURCE"

@@ -22,10 +22,12 @@ import grpc
 
 from ftrain import config as cfg
 from ftrain import metrics as metrics_mod
+from ftrain.agent.checkpoint import CheckpointWriter
 from ftrain.agent.dataplane import ShardDataServer
 from ftrain.agent.store import AgentServicer, ShardStore
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, describe_rpc_error, make_server, open_channel, token_metadata
+from ftrain.snapshot.transfer import AgentPool
 
 log = logging.getLogger("ftrain.agent")
 _PR_SET_PDEATHSIG = 1
@@ -83,7 +85,7 @@ class Agent:
     def __init__(self, coordinator: str, token: str, nproc: int, command: list[str], job_id: str = "",
                  node_id: str = "", host: str = "127.0.0.1", port: int = 0, metrics_port: int | None = None,
                  max_restarts: int = 10, connect_timeout_s: float = 30.0, heartbeat_interval_s: float = 1.0,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, checkpoint_dir: str = "") -> None:
         cfg.parse_host_port(coordinator)
         if nproc < 1:
             raise cfg.ConfigError(f"--nproc-per-node must be >= 1; got {nproc}")
@@ -118,6 +120,9 @@ class Agent:
         self.generation = -1
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.checkpoint_dir = checkpoint_dir  # where this node mounts the job's checkpoint directory ("" = its path)
+        self._writer: CheckpointWriter | None = None  # the durable tier's writer, made at the first order
+        self._wake = threading.Event()  # heartbeat now (a checkpoint result is ready)
 
     @property
     def address(self) -> str:
@@ -150,18 +155,26 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         failures_since: float | None = None
-        while not self._stop.wait(self.heartbeat_interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.heartbeat_interval_s)  # a finished checkpoint order wakes it early
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             with self._lock:
                 infos = [pb.TrainerInfo(local_rank=t.local_rank, pid=t.process.pid, state=t.state,
                                         exit_code=t.exit_code, last_step=self.trainer_steps.get(t.local_rank, 0))
                          for t in self.trainers.values()]
             count, size = self.store.stats()
             self.metrics.shard_store_bytes.set(size)
+            results = self._writer.take_results() if self._writer is not None else []
             try:
-                response = self.stub.Heartbeat(pb.HeartbeatRequest(node_id=self.node_id, trainers=infos, shard_bytes=size),
+                response = self.stub.Heartbeat(pb.HeartbeatRequest(node_id=self.node_id, trainers=infos, shard_bytes=size,
+                                                                   checkpoint_results=results),
                                                timeout=5.0, metadata=self.metadata)
                 failures_since = None
             except grpc.RpcError as error:
+                if results and self._writer is not None:
+                    self._writer.give_back(results)
                 failures_since = failures_since or time.monotonic()
                 if time.monotonic() - failures_since > self.connect_timeout_s:
                     self._finish("failed", describe_rpc_error(error, f"coordinator {self.coordinator}") +
@@ -178,6 +191,11 @@ class Agent:
                 self.store.drop_older_than(response.min_retained_step)
             for command in response.commands:
                 self._run_command(command)
+            for order in response.checkpoint_orders:
+                if self._writer is None:
+                    self._writer = CheckpointWriter(self.store, AgentPool(self.token, self.job_id), self._node_ref,
+                                                    self.checkpoint_dir, on_result=self._wake.set)
+                self._writer.submit(order)
             if response.job_state != "running":
                 self._finish(response.job_state, response.message)
 
@@ -304,11 +322,14 @@ class Agent:
                     trainer.process.wait()
         finally:
             self._stop.set()
+            self._wake.set()
             for trainer in self.trainers.values():
                 if trainer.process.poll() is None:
                     trainer.process.kill()
             self.server.stop(0.5)
             self.data_server.stop()
+            if self._writer is not None:
+                self._writer.close()
         if self.job_state == "complete":
             log.info("agent %s: job complete", self.node_id)
             return 0
@@ -318,3 +339,4 @@ class Agent:
     def stop(self) -> None:
         self._finish("failed", "agent stopped")
         self._stop.set()
+        self._wake.set()

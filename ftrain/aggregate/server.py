@@ -366,7 +366,8 @@ class StateProtector:
 
     def restore(self) -> tuple[dict, dict] | None:
         """(state, manifest) of the newest snapshot any k good shards decode, or None if none."""
-        from ftrain.snapshot.capture import SnapshotEngine, SnapshotLost
+        from ftrain.snapshot.capture import SnapshotEngine
+        from ftrain.snapshot.rebuild import SnapshotLost
 
         manifests = self.find_manifests()
         if not manifests:

@@ -19,15 +19,17 @@ from typing import IO, Any, Callable
 import grpc
 
 from ftrain import metrics as metrics_mod
-from ftrain.config import PROTOCOL_VERSION, JobSettings
+from ftrain.config import PROTOCOL_VERSION, ConfigError, JobSettings
 from ftrain.coordinator.bugs import BugDetector, UserError, startup_failure, unfired_faults, unfired_warning
 from ftrain.coordinator.catalog import BlobRecord, Catalog
+from ftrain.coordinator.durable import DurablePlanner, DurableSettings, Finalize, Outcome, Write
 from ftrain.coordinator.detector import (DetectionConfig, HangDetector, ResponsePolicy, StragglerDetector, StragglerFlag,
                                          decide_response, frozen_ranks, rebalance_shares)
 from ftrain.coordinator.finish import finish_verdict
 from ftrain.coordinator.membership import Generation, Membership
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, make_server, open_channel, token_metadata
+from ftrain.snapshot import durable as durable_files
 from ftrain.snapshot.placement import effective_code
 from ftrain.textfmt import restore_phrase, short_reason, survives
 
@@ -94,6 +96,96 @@ class CoordinatorState:
         self.events_sink: IO[str] | None = None  # --events-file: one flushed JSON line per event
         self.aggregator: Any = None  # async mode: ftrain.aggregate.server.AggregatorService on this server
         self._last_commit: tuple[int, int, float] | None = None  # (generation, step, time): step duration
+        self.resume: durable_files.Checkpoint | None = None  # the durable checkpoint this job started from
+        self.durable: DurablePlanner | None = None  # the durable tier (--checkpoint-dir)
+        if settings.checkpoint_dir:
+            self.durable = DurablePlanner(DurableSettings(settings.checkpoint_dir, settings.checkpoint_every,
+                                                          settings.checkpoint_every_s, settings.checkpoint_keep),
+                                          settings.job_id, clock())
+        self.checkpoint_orders: dict[str, list[pb.CheckpointOrder]] = collections.defaultdict(list)
+
+    # -- the durable tier (call with the lock held) ----------------------------------------------
+    def resume_from(self, checkpoint: durable_files.Checkpoint) -> None:
+        """The job starts from a durable checkpoint: the first generation restores it (and so does
+        any recovery until a newer step is committed in memory)."""
+        self.resume = checkpoint
+        if self.durable is not None:
+            self.durable.last_step = checkpoint.step
+            self.durable = DurablePlanner(self.durable.settings, self.settings.job_id, self.clock(), checkpoint.step)
+        self.metrics.checkpoint_last_step.set(checkpoint.step)
+        self.event("resume", f"resuming from the checkpoint of step {checkpoint.step} in {checkpoint.path} "
+                             f"(world size {checkpoint.world_size})", step=checkpoint.step, path=checkpoint.path)
+
+    def _live_nodes(self) -> set[str]:
+        return {n.node_id for n in self.membership.nodes.values() if n.alive}
+
+    def _send_orders(self, orders: list[Write] | list[Finalize]) -> None:
+        assert self.durable is not None
+        for order in orders:
+            if isinstance(order, Write):
+                message = pb.CheckpointOrder(kind="write", step=order.step, dir=self.durable.settings.dir,
+                                             blob=order.blob)
+            else:
+                message = pb.CheckpointOrder(kind="finalize", step=order.step, dir=self.durable.settings.dir,
+                                             manifest_json=json.dumps(order.manifest), keep=self.durable.settings.keep)
+            self.checkpoint_orders[order.node_id].append(message)
+
+    def _checkpoint_outcome(self, outcome: Outcome | None) -> None:
+        if outcome is None:
+            return
+        if outcome.kind == "written":
+            self.metrics.checkpoint_duration.observe(outcome.seconds)
+            self.metrics.checkpoint_bytes.inc(outcome.bytes)
+            self.metrics.checkpoint_last_step.set(outcome.step)
+            self.event("checkpoint", outcome.detail, step=outcome.step, bytes=outcome.bytes,
+                       seconds=round(outcome.seconds, 3))
+        else:
+            self.metrics.checkpoint_failures.labels(reason=outcome.reason).inc()
+            self.event("checkpoint-" + outcome.kind, outcome.detail, step=outcome.step, reason=outcome.reason)
+            log.warning("%s", outcome.detail)
+
+    def checkpoint_committed(self, step: int) -> None:
+        if self.durable is None or self.plan is None:
+            return
+        orders, outcome = self.durable.on_commit(step, self.plan.generation.number, self.plan.generation.world_size,
+                                                 self.catalog.blobs(step), self._live_nodes(), self.clock())
+        self._send_orders(orders)
+        self._checkpoint_outcome(outcome)
+
+    def checkpoint_results(self, node_id: str, results: Any) -> None:
+        if self.durable is None:
+            return
+        for result in results:
+            if not result.ok:
+                self._checkpoint_outcome(self.durable.on_failed(node_id, result.step, result.rank, result.reason,
+                                                                result.detail))
+            elif result.kind == "write":
+                self._send_orders(self.durable.on_written(node_id, result.step, result.rank, result.file,
+                                                          result.bytes, result.crc32, result.seconds))
+            elif result.kind == "finalize":
+                self._checkpoint_outcome(self.durable.on_finalized(node_id, result.step, self.clock()))
+
+    def min_retained_step(self) -> int:
+        """Agents may drop shards of older steps: the catalog's oldest kept step, or the step a
+        durable checkpoint is being written from."""
+        oldest = self.catalog.min_retained_step()
+        flight = self.durable.in_flight if self.durable is not None else None
+        return min(oldest, flight.step) if flight is not None and oldest >= 0 else oldest
+
+    def durable_status(self) -> dict[str, Any] | None:
+        if self.durable is None and self.resume is None:
+            return None
+        planner = self.durable
+        last = planner.last_outcome if planner is not None else None
+        return {
+            "dir": planner.settings.dir if planner is not None else "",
+            "every_steps": planner.settings.every_steps if planner is not None else 0,
+            "every_s": planner.settings.every_s if planner is not None else 0.0,
+            "last_step": planner.last_step if planner is not None else -1,
+            "in_flight_step": planner.in_flight.step if planner is not None and planner.in_flight else None,
+            "last_problem": last.detail if last is not None and last.kind != "written" else "",
+            "resumed_from": self.resume.step if self.resume is not None else None,
+        }
 
     # -- events ----------------------------------------------------------------------------
     def event(self, kind: str, message: str, **extra: Any) -> None:
@@ -268,6 +360,11 @@ class CoordinatorState:
     def node_dead(self, node_id: str, reason: str) -> None:
         if self.membership.node_dead(node_id, self.clock()):
             self._record_failure("node", f"node {node_id} lost ({reason})")
+            self.checkpoint_orders.pop(node_id, None)
+            if self.durable is not None:
+                orders, outcome = self.durable.on_node_lost(node_id, self._live_nodes())
+                self._send_orders(orders)
+                self._checkpoint_outcome(outcome)
             self.update_live_world()
             self.metrics.heartbeat_age.remove(node_id) if node_id in self.last_seen else None
             self.last_seen.pop(node_id, None)
@@ -282,12 +379,26 @@ class CoordinatorState:
             return
         self.catalog_check_and_plan(generation)
 
+    def _resume_blobs(self, world_size: int) -> list[pb.BlobInfo]:
+        """The durable checkpoint's files as restore blobs: each is read by one rank of the new
+        generation and broadcast, as a blob from memory is."""
+        assert self.resume is not None
+        checkpoint = self.resume
+        return [pb.BlobInfo(blob_id=f"durable-{checkpoint.step}-{part.rank}", step=checkpoint.step,
+                            producer_rank=part.rank, producer_world_size=checkpoint.world_size, size=part.bytes,
+                            raw_size=part.bytes, crc32=part.crc32, path=part.path, k=1, m=0, generation=-1,
+                            source_rank=part.rank % world_size, source_holds_local=False)
+                for part in checkpoint.parts]
+
     def catalog_check_and_plan(self, generation: Generation) -> None:
         restore_step = self.catalog.newest_committed
         blobs: list[pb.BlobInfo] = []
         lost: list[str] = []
         members = {a.trainer_uid: a.rank for a in generation.ranks}
-        for index, record in enumerate(self.catalog.blobs(restore_step)):
+        if self.resume is not None and restore_step < self.resume.step:  # nothing newer in memory yet
+            restore_step = self.resume.step
+            blobs = self._resume_blobs(generation.world_size)
+        for index, record in enumerate(self.catalog.blobs(restore_step) if not blobs else []):
             info = pb.BlobInfo()
             info.CopyFrom(record.info)
             holder = members.get(record.producer_trainer)
@@ -333,7 +444,7 @@ class CoordinatorState:
         self.event(
             "generation",
             f"generation {generation.number} formed: world size {generation.world_size} on "
-            f"{', '.join(generation.node_ids())}; {restore_phrase(restore_step)}",
+            f"{', '.join(generation.node_ids())}; {restore_phrase(restore_step, any(b.path for b in blobs))}",
             generation=generation.number, world_size=generation.world_size, restore_step=restore_step,
         )
         self.cond.notify_all()
@@ -386,6 +497,8 @@ class CoordinatorState:
             self.check_hangs()
             self.check_finish()
             self.try_form()
+            if self.durable is not None:
+                self._checkpoint_outcome(self.durable.tick(now))
         return []
 
     def effective_ec(self) -> dict[str, Any]:
@@ -470,6 +583,7 @@ class CoordinatorState:
                 "events": list(self.events)[-20:],
                 "uptime_s": round(self.clock() - self.started_at, 1),
                 "aggregator": self.aggregator.summary() if self.aggregator is not None else None,
+                "checkpoint": self.durable_status(),
             }
 
 
@@ -520,11 +634,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 return pb.HeartbeatResponse(job_state=s.job_state, known=False, message="unknown node: re-register")
             s.last_seen[request.node_id] = s.clock()
             s.trainers[request.node_id] = list(request.trainers)
+            s.checkpoint_results(request.node_id, request.checkpoint_results)
             commands = s.commands.pop(request.node_id, [])
-            return pb.HeartbeatResponse(job_state=s.job_state, min_retained_step=s.catalog.min_retained_step(),
+            orders = s.checkpoint_orders.pop(request.node_id, [])
+            return pb.HeartbeatResponse(job_state=s.job_state, min_retained_step=s.min_retained_step(),
                                         commands=commands, message=s.message, known=True,
                                         slot=-1 if node.slot is None else node.slot,
-                                        generation=s.plan.generation.number if s.plan else -1)
+                                        generation=s.plan.generation.number if s.plan else -1,
+                                        checkpoint_orders=orders)
 
     def ReportTrainerExit(self, request: pb.TrainerExit, context: grpc.ServicerContext) -> pb.Ack:
         s = self.s
@@ -690,6 +807,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if s._last_commit_time is not None:
             s.snapshot_interval_s = now - s._last_commit_time
         s._last_commit_time = now
+        s.checkpoint_committed(step)
         if s.failure_since is not None:
             duration = now - s.failure_since
             s.metrics.recovery_duration.observe(duration)
@@ -770,6 +888,7 @@ class Coordinator:
         from torch.distributed import TCPStore  # imported here: only the coordinator hosts the store
 
         settings.validate()
+        resume, passed = self._find_resume(settings) if settings.resume_dir else (None, [])
         self.settings = settings
         self.token = token
         self.host = host
@@ -777,6 +896,13 @@ class Coordinator:
                               timeout=datetime.timedelta(seconds=60))
         self.metrics = metrics_mod.Metrics()
         self.state = CoordinatorState(settings, f"{host}:{self.store.port}", self.metrics)
+        for problem in passed:
+            self.state.event("checkpoint-passed-over", problem)
+        if resume is not None:
+            with self.state.cond:
+                self.state.resume_from(resume)
+        elif settings.resume_dir:
+            self.state.event("resume", f"no complete checkpoint in {settings.resume_dir}: starting fresh")
         self.server = make_server(token)
         self.servicer = CoordinatorServicer(self.state, token)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(self.servicer, self.server)
@@ -790,6 +916,19 @@ class Coordinator:
         self.metrics_port = self.metrics.serve(metrics_port, addr=host) if metrics_port is not None else None
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="ftrain-ticker", daemon=True)
+
+    @staticmethod
+    def _find_resume(settings: JobSettings) -> tuple[durable_files.Checkpoint | None, list[str]]:
+        """--resume: the newest complete checkpoint that checks out, and each newer one passed over
+        with its fault. None there: a ConfigError, or a fresh start with --resume-if-any."""
+        checkpoint, passed = durable_files.newest_complete(settings.resume_dir)
+        for problem in passed:
+            log.warning("--resume: passing over %s", problem)
+        if checkpoint is None and not settings.resume_optional:
+            raise ConfigError(f"--resume {settings.resume_dir}: no complete checkpoint there"
+                              + (f" ({'; '.join(passed)})" if passed else "")
+                              + "; start without --resume, or point it at a --checkpoint-dir")
+        return checkpoint, passed
 
     @property
     def address(self) -> str:

@@ -24,17 +24,14 @@ from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.rpc import describe_rpc_error
 from ftrain.snapshot import compress
 from ftrain.snapshot import layout as lay
-from ftrain.snapshot.erasure import NotEnoughShardsError, ReedSolomon, join_blob, shard_checksum, shard_length
+from ftrain.snapshot.erasure import ReedSolomon, shard_checksum, shard_length
 from ftrain.snapshot.placement import effective_code, place_blobs
 from ftrain.snapshot.dataplane import lower_thread_priority
-from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
+from ftrain.snapshot.rebuild import rebuild_blob
+from ftrain.snapshot.transfer import AgentPool
 
 log = logging.getLogger("ftrain.snapshot")
 COMMIT_WAIT_S = 20.0  # how long a snapshot report may wait at the coordinator for the step's commit
-
-
-class SnapshotLost(RuntimeError):
-    """A blob cannot be rebuilt: fewer than k good shards are reachable."""
 
 
 @dataclass
@@ -291,44 +288,12 @@ class SnapshotEngine:
 
     # -- restore -----------------------------------------------------------------------------
     def fetch(self, info: pb.BlobInfo, live_nodes: set[str] | None = None) -> np.ndarray:
-        """Rebuilds a blob from any k good shards. Shards on `live_nodes` (the current generation's
-        members) are read first, data shards before parity: a partitioned node does not refuse
-        connections, it swallows them. Raises SnapshotLost."""
-        assert self.agents is not None
-        k = info.k
-        got: dict[int, np.ndarray] = {}
-        problems: list[str] = []
-        order = sorted(info.shards, key=lambda s: (live_nodes is not None and s.node_id not in live_nodes, s.index))
-        pending = list(order)
-        while len(got) < k and pending:
-            batch, pending = pending[: k - len(got)], pending[k - len(got):]
-            futures = {self._pool.submit(self.agents.get_shard, s.address, info.blob_id, s.index, s.crc32): s
-                       for s in batch}
-            for future, shard in futures.items():
-                try:
-                    got[shard.index] = future.result()
-                except grpc.RpcError as error:  # unreachable agent or missing shard: an erasure
-                    problems.append(f"shard {shard.index} on {shard.node_id}: "
-                                    f"{describe_rpc_error(error, 'agent ' + shard.node_id)[:160]}")
-                except ShardCorrupted as error:  # bad checksum: an erasure too
-                    problems.append(f"shard {shard.index} on {shard.node_id}: {error}")
-                except OSError as error:  # data plane: refused, unreachable, timed out: an erasure
-                    problems.append(f"shard {shard.index} on {shard.node_id}: {str(error)[:160]}")
-        if len(got) < k:
-            raise SnapshotLost(f"blob {info.blob_id} (step {info.step}, rank {info.producer_rank}): only {len(got)} of "
-                               f"the {k} shards needed could be read; " + "; ".join(problems))
-        if problems:
-            log.warning("blob %s rebuilt around bad shards: %s", info.blob_id, "; ".join(problems))
-        try:
-            rows = self.codec(k, info.m).decode(got) if info.m else np.stack([got[i] for i in range(k)])
-        except NotEnoughShardsError as error:
-            raise SnapshotLost(str(error)) from error
-        blob = join_blob(np.ascontiguousarray(rows), info.size)
-        if info.compression:
-            blob = compress.decompress(blob, info.raw_size)
-        if shard_checksum(blob) != info.crc32:
-            raise SnapshotLost(f"blob {info.blob_id} decoded with a wrong checksum")
-        return blob
+        """Rebuilds a blob from any k good shards on the agents (ftrain.snapshot.rebuild); shards
+        on `live_nodes` (the current generation's members) are read first. Raises SnapshotLost."""
+        agents = self.agents
+        assert agents is not None
+        return rebuild_blob(info, lambda s: agents.get_shard(s.address, info.blob_id, s.index, s.crc32), self._pool,
+                            self.codec, live_nodes)
 
     def close(self) -> None:
         self._queue.put(None)

@@ -36,7 +36,9 @@ from ftrain import metrics
 from ftrain.config import FaultSpec, TrainerEnv, parse_fault
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import layout as lay
-from ftrain.snapshot.capture import LocalBlob, SnapshotEngine, SnapshotLost
+from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
+from ftrain.snapshot import durable
+from ftrain.snapshot.rebuild import SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
 from ftrain.train import collectives
 from ftrain.textfmt import short_reason
@@ -126,7 +128,9 @@ class Session:
     """A fault-tolerant training session (see the module docstring).
 
     Public attributes: `model` (DDP semantics), `optimizer` (the user's own), `rank`,
-    `world_size`, `generation`, `step` (steps done), `replaying` (True while a step whose body
+    `world_size`, `generation`, `step` (steps done), `resumed_from` (the step this process's
+    state was restored to when it joined: a recovery or `ftrain launch --resume`; None when it
+    started fresh at step 0), `replaying` (True while a step whose body
     already ran once is redone after a recovery), `discarding` (True when the current step has
     failed and will be redone), `sampler` (the elastic sampler's position).
     """
@@ -160,6 +164,8 @@ class Session:
         self._restored_registered: dict[str, Any] = {}  # restored before register() was called
         self.env = TrainerEnv.from_environ()
         self.rank, self.world_size, self.generation, self.step = 0, 1, -1, 0
+        self.resumed_from: int | None = None  # the step the state was restored to when this process joined
+        self._joined = False
         self.replaying = False
         self.batch_shares: list[int] = []
         self.on_generation = on_generation
@@ -634,6 +640,7 @@ class Session:
         else:
             self._restore(a)
         self._report_state()
+        self._joined = True
         log.info("rank %d/%d in generation %d at step %d", self.rank, self.world_size, self.generation, self.step)
         if self.on_generation is not None:
             self.on_generation(self)
@@ -664,7 +671,12 @@ class Session:
         for info in sorted(a.restore_blobs, key=lambda b: b.producer_rank):
             if info.source_rank == self.rank:
                 local: LocalBlob | None = self.engine.blobs.get(a.restore_step)
-                if info.source_holds_local and local is not None and local.blob_id == info.blob_id:
+                if info.path:  # a durable checkpoint (--resume): the file, checked against its manifest
+                    try:
+                        data = durable.read_part(info.path, info.size, info.crc32)
+                    except durable.CheckpointError as error:
+                        raise SnapshotLost(f"checkpoint file unusable: {error}") from error
+                elif info.source_holds_local and local is not None and local.blob_id == info.blob_id:
                     data = local.buffer[:local.size]
                 else:
                     data = self.engine.fetch(info, live_nodes={m.node_id for m in self._members})
@@ -698,6 +710,8 @@ class Session:
         if self.sampler is not None and first_meta["sampler"] is not None:
             self.sampler.load_state_dict(first_meta["sampler"])
         self.step = a.restore_step
+        if not self._joined:
+            self.resumed_from = a.restore_step
         self._committed_step = a.restore_step
         mine = self.engine.blobs.get(a.restore_step)
         self.engine.keep_only(a.restore_step if mine is not None and mine.blob_id in

@@ -71,17 +71,19 @@ class RegisterAgentResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "trainers", "shard_bytes")
+    __slots__ = ("node_id", "trainers", "shard_bytes", "checkpoint_results")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINERS_FIELD_NUMBER: _ClassVar[int]
     SHARD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_RESULTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     trainers: _containers.RepeatedCompositeFieldContainer[TrainerInfo]
     shard_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ...) -> None: ...
+    checkpoint_results: _containers.RepeatedCompositeFieldContainer[CheckpointResult]
+    def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ..., checkpoint_results: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation")
+    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders")
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     MIN_RETAINED_STEP_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +91,7 @@ class HeartbeatResponse(_message.Message):
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ORDERS_FIELD_NUMBER: _ClassVar[int]
     job_state: str
     min_retained_step: int
     commands: _containers.RepeatedScalarFieldContainer[str]
@@ -96,7 +99,48 @@ class HeartbeatResponse(_message.Message):
     known: bool
     slot: int
     generation: int
-    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    checkpoint_orders: _containers.RepeatedCompositeFieldContainer[CheckpointOrder]
+    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ...) -> None: ...
+
+class CheckpointOrder(_message.Message):
+    __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DIR_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    step: int
+    dir: str
+    blob: BlobInfo
+    manifest_json: str
+    keep: int
+    def __init__(self, kind: _Optional[str] = ..., step: _Optional[int] = ..., dir: _Optional[str] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., manifest_json: _Optional[str] = ..., keep: _Optional[int] = ...) -> None: ...
+
+class CheckpointResult(_message.Message):
+    __slots__ = ("kind", "step", "rank", "ok", "reason", "file", "bytes", "seconds", "crc32", "detail")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    step: int
+    rank: int
+    ok: bool
+    reason: str
+    file: str
+    bytes: int
+    seconds: float
+    crc32: int
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., step: _Optional[int] = ..., rank: _Optional[int] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., file: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., crc32: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class TrainerExit(_message.Message):
     __slots__ = ("node_id", "local_rank", "pid", "exit_code", "will_restart", "uptime_s")
@@ -167,7 +211,7 @@ class ShardLocation(_message.Message):
     def __init__(self, index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class BlobInfo(_message.Message):
-    __slots__ = ("blob_id", "step", "producer_rank", "producer_world_size", "producer_trainer", "producer_node", "size", "k", "m", "shard_len", "shards", "crc32", "source_rank", "source_holds_local", "generation", "compression", "raw_size")
+    __slots__ = ("blob_id", "step", "producer_rank", "producer_world_size", "producer_trainer", "producer_node", "size", "k", "m", "shard_len", "shards", "crc32", "source_rank", "source_holds_local", "generation", "compression", "raw_size", "path")
     BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +229,7 @@ class BlobInfo(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     RAW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     blob_id: str
     step: int
     producer_rank: int
@@ -202,7 +247,8 @@ class BlobInfo(_message.Message):
     generation: int
     compression: str
     raw_size: int
-    def __init__(self, blob_id: _Optional[str] = ..., step: _Optional[int] = ..., producer_rank: _Optional[int] = ..., producer_world_size: _Optional[int] = ..., producer_trainer: _Optional[str] = ..., producer_node: _Optional[str] = ..., size: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., shard_len: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardLocation, _Mapping]]] = ..., crc32: _Optional[int] = ..., source_rank: _Optional[int] = ..., source_holds_local: _Optional[bool] = ..., generation: _Optional[int] = ..., compression: _Optional[str] = ..., raw_size: _Optional[int] = ...) -> None: ...
+    path: str
+    def __init__(self, blob_id: _Optional[str] = ..., step: _Optional[int] = ..., producer_rank: _Optional[int] = ..., producer_world_size: _Optional[int] = ..., producer_trainer: _Optional[str] = ..., producer_node: _Optional[str] = ..., size: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., shard_len: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardLocation, _Mapping]]] = ..., crc32: _Optional[int] = ..., source_rank: _Optional[int] = ..., source_holds_local: _Optional[bool] = ..., generation: _Optional[int] = ..., compression: _Optional[str] = ..., raw_size: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("node_id", "address", "first_rank", "nproc")
