@@ -76,11 +76,18 @@ def write_part(root: str, step: int, rank: int, blob: np.ndarray) -> tuple[str, 
     name = part_name(rank)
     temporary = os.path.join(directory, name + ".tmp")
     data = np.ascontiguousarray(blob).reshape(-1)
-    with open(temporary, "wb") as handle:
-        handle.write(data.data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, os.path.join(directory, name))
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data.data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, os.path.join(directory, name))
+    except OSError:
+        try:  # a full disk keeps no half-written file
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
     return name, int(data.size), shard_checksum(data)
 
 

@@ -1,0 +1,187 @@
+"""The durable tier on real jobs: agents write committed snapshots to --checkpoint-dir in the
+background; a job killed whole (launcher, agents, trainers: SIGKILL) resumes with `ftrain launch
+--resume` bit-identically (same world size) or with every sample exactly once (fewer nodes); a
+torn or corrupted checkpoint is never resumed from; an unwritable directory costs a warning and
+a metric, never the training."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftrain.snapshot import durable
+from ftrain.train.data import ElasticSampler
+from procs import REPO, SCRIPTS, free_port, kill_job, new_job_id, run_ftrain, wait_until
+
+pytestmark = pytest.mark.timeout(400)
+STEPS = 40
+JOB = [str(SCRIPTS / "ledger_job.py"), "--steps", str(STEPS)]
+
+
+def launch(tmp_path: Path, name: str, *launch_args: str, nodes: int = 3, script_args: tuple[str, ...] = ()) -> tuple[dict, str]:
+    out = tmp_path / f"{name}.pt"
+    job = new_job_id(name)
+    result = run_ftrain(["launch", "--nodes", str(nodes), "--job-id", job, *launch_args, "--", *JOB, *script_args,
+                         "--out", str(out)], job, timeout=240)
+    assert result.returncode == 0, result.stdout[-6000:]
+    return torch.load(out), result.stdout
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    for key in a["params"]:
+        assert torch.equal(a["params"][key], b["params"][key]), f"parameter {key} differs from the uninterrupted run"
+    assert a["ledger"] == b["ledger"]
+
+
+def assert_exactly_once(final: dict) -> None:
+    sampler = ElasticSampler(final["samples"], final["batch_size"], seed=7)
+    expected: collections.Counter = collections.Counter()
+    for world in final["world_sizes"]:
+        expected.update(f"{sampler.epoch}:{i}" for part in sampler.global_indices(world) for i in part)
+        sampler.advance(world)
+    assert collections.Counter(final["ledger"]) == expected
+    assert set(final["ledger"].values()) == {1}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return launch(tmp_path_factory.mktemp("ref"), "ref")[0]
+
+
+@pytest.fixture(scope="module")
+def killed_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint directory of a 3-node job SIGKILLed whole after its step-20 checkpoint."""
+    root = tmp_path_factory.mktemp("killed")
+    directory = root / "ckpt"
+    job = new_job_id("killed")
+    command = [sys.executable, "-m", "ftrain", "launch", "--nodes", "3", "--job-id", job, "--checkpoint-dir",
+               str(directory), "--checkpoint-every", "10", "--", *JOB, "--step-sleep", "0.25", "--out",
+               str(root / "never.pt")]
+    process = subprocess.Popen(command, cwd=str(REPO), env=dict(os.environ, FTRAIN_JOB_ID=job),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        done = wait_until(lambda: (directory / durable.checkpoint_name(20) / durable.MANIFEST).exists()
+                          or process.poll() is not None, timeout=180)
+        assert done and process.poll() is None, "the job ended before its step-20 checkpoint was complete"
+    finally:
+        kill_group(process)  # the launcher, its coordinator, the agents and their trainers: all at once
+        kill_job(job)
+        output = process.communicate()[0]
+    assert not (root / "never.pt").exists(), output[-3000:]
+    return directory
+
+
+def test_a_job_killed_whole_resumes_bit_identically(tmp_path: Path, reference: dict, killed_job: Path) -> None:
+    checkpoint, _ = durable.newest_complete(str(killed_job))
+    assert checkpoint is not None and 20 <= checkpoint.step < STEPS and checkpoint.world_size == 3
+    result, output = launch(tmp_path, "resumed", "--resume", str(killed_job))
+    assert_identical(reference, result)
+    assert result["generation"] == 0 and result["step"] == STEPS
+    assert f"resumed from the durable checkpoint of step {checkpoint.step}" in output, output[-3000:]
+
+
+def test_a_job_killed_whole_resumes_on_fewer_nodes_with_every_sample_once(tmp_path: Path, killed_job: Path) -> None:
+    checkpoint, _ = durable.newest_complete(str(killed_job))
+    assert checkpoint is not None
+    result, _ = launch(tmp_path, "resumed2", "--resume", str(killed_job), nodes=2)
+    assert result["world_sizes"][:checkpoint.step] == [3] * checkpoint.step
+    assert result["world_sizes"][checkpoint.step:] == [2] * (STEPS - checkpoint.step)
+    assert_exactly_once(result)
+
+
+def test_a_torn_or_corrupted_checkpoint_is_never_resumed_from(tmp_path: Path, reference: dict,
+                                                              killed_job: Path) -> None:
+    directory = tmp_path / "ckpt"
+    shutil.copytree(killed_job, directory)
+    complete = sorted(p.name for p in directory.iterdir() if not p.name.endswith(durable.PARTIAL))
+    assert len(complete) == 2, complete  # --checkpoint-keep 2
+    older, newest = complete
+    # the newest is corrupted on disk; a newer one was being written when the job died
+    corrupted = directory / newest / durable.part_name(1)
+    data = bytearray(corrupted.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupted.write_bytes(bytes(data))
+    torn = directory / (durable.checkpoint_name(int(newest.split("-")[1]) + 10) + durable.PARTIAL)
+    torn.mkdir()
+    shutil.copy(directory / older / durable.part_name(0), torn / durable.part_name(0))
+    events = tmp_path / "events"
+    result, output = launch(tmp_path, "fallback", "--resume", str(directory), "--events-file", str(events))
+    assert_identical(reference, result)
+    passed = [json.loads(line) for line in events.read_text().splitlines() if '"checkpoint-passed-over"' in line]
+    assert [e["message"] for e in passed] == [f"{torn}: incomplete (interrupted while being written)",
+                                              f"{corrupted} failed its checksum (corrupted)"]
+    assert f"resumed from the durable checkpoint of step {int(older.split('-')[1])}" in output
+    assert f"{corrupted} failed its checksum" in output  # the warning names the file
+
+
+def test_resume_with_nothing_to_resume_from_fails_fast_with_the_reason(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    job = new_job_id("nothing")
+    started = time.monotonic()
+    result = run_ftrain(["launch", "--nodes", "1", "--job-id", job, "--resume", str(empty), "--", *JOB,
+                         "--out", str(tmp_path / "x.pt")], job, timeout=60)
+    assert result.returncode == 2 and time.monotonic() - started < 20
+    assert f"--resume {empty}: no complete checkpoint there" in result.stdout, result.stdout
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return -1.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.mark.parametrize("trouble", ["read-only", "disk-full"])
+def test_an_unwritable_checkpoint_dir_warns_and_training_goes_on(tmp_path: Path, reference: dict, trouble: str) -> None:
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    options = "ro,size=1m" if trouble == "read-only" else "size=8k"
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        port = free_port()
+        job = new_job_id(trouble)
+        events = tmp_path / "events"
+        out = tmp_path / "out.pt"
+        command = [sys.executable, "-m", "ftrain", "launch", "--nodes", "3", "--job-id", job, "--metrics-port",
+                   str(port), "--checkpoint-dir", str(mount), "--checkpoint-every", "10", "--events-file", str(events),
+                   "--", *JOB, "--step-sleep", "0.1", "--out", str(out)]
+        process = subprocess.Popen(command, cwd=str(REPO), env=dict(os.environ, FTRAIN_JOB_ID=job),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            name = f'ftrain_checkpoint_failures_total{{reason="{trouble}"}}'
+            seen = wait_until(lambda: metric(port, name) >= 1 or process.poll() is not None, timeout=120, interval=0.2)
+            failures = metric(port, name)
+            output = process.communicate(timeout=180)[0]
+        finally:
+            kill_group(process)
+            kill_job(job)
+        assert seen and failures >= 1, output[-4000:]
+        assert process.returncode == 0, output[-4000:]
+        assert_identical(reference, torch.load(out))
+        failed = [json.loads(line) for line in events.read_text().splitlines() if '"checkpoint-failed"' in line]
+        assert failed and {e["reason"] for e in failed} == {trouble}
+        assert "could not write rank" in output and "no durable checkpoint written" in output, output[-4000:]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
