@@ -163,6 +163,20 @@ def aggregator_lines(status: dict[str, Any]) -> list[str]:
             f"max {agg.get('max_staleness', 0)}"]
 
 
+def durable_lines(status: dict[str, Any]) -> list[str]:
+    """The durable tier: the last complete checkpoint, the one being written, the last problem."""
+    d = status.get("checkpoint")
+    if not d:
+        return []
+    line = (f"durable: last step {d['last_step']}" if d.get("last_step", -1) >= 0
+            else "durable: no checkpoint written yet") + (f" in {d['dir']}" if d.get("dir") else "")
+    if d.get("in_flight_step") is not None:
+        line += f"; writing step {d['in_flight_step']}"
+    if d.get("resumed_from") is not None:
+        line += f"; resumed from step {d['resumed_from']}"
+    return [line] + ([f"durable: {d['last_problem']}"] if d.get("last_problem") else [])
+
+
 def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
     """The readable table (every line at most `width` characters)."""
     s = status
@@ -181,6 +195,7 @@ def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
     lines.append(_cut(f"snapshot every {every} step{'s' if every != 1 else ''}: stall "
                       f"{_seconds(s.get('snapshot_stall_s'))}, interval {_seconds(s.get('snapshot_interval_s'))}",
                       width))
+    lines += [_cut(line, width) for line in durable_lines(s)]
     stragglers = s.get("stragglers") or []
     flagged = ", ".join(f"rank {x['rank']} ({x.get('slowdown', 0):.2f}x)" if isinstance(x, dict) else f"rank {x}"
                         for x in stragglers) or "none"

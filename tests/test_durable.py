@@ -93,7 +93,8 @@ def test_a_job_killed_whole_resumes_bit_identically(tmp_path: Path, reference: d
     assert checkpoint is not None and 20 <= checkpoint.step < STEPS and checkpoint.world_size == 3
     result, output = launch(tmp_path, "resumed", "--resume", str(killed_job))
     assert_identical(reference, result)
-    assert result["generation"] == 0 and result["step"] == STEPS
+    assert result["generation"] == 0 and result["step"] == STEPS and result["resumed_from"] == checkpoint.step
+    assert reference["resumed_from"] is None
     assert f"resumed from the durable checkpoint of step {checkpoint.step}" in output, output[-3000:]
 
 

@@ -153,3 +153,19 @@ def test_long_values_still_fit_80_columns() -> None:
     assert [row[1] for row in rows] == ["alive", "dead", "alive"]
     events = text.split("RECENT EVENTS\n")[1].splitlines()
     assert len(events) == 1 and events[0].endswith("...")  # one line per event, cut to fit
+
+
+@pytest.mark.timeout(30)
+def test_durable_tier_line() -> None:
+    base = {"job_id": "j", "state": "running", "members": [], "events": []}
+    assert "durable" not in format_status(base)
+    status = dict(base, checkpoint={"dir": "/ckpt", "last_step": 200, "in_flight_step": 300,
+                                    "last_problem": "checkpoint of step 100 abandoned: node node1 could not write "
+                                                    "rank 1's file: OSError: [Errno 28] No space left on device",
+                                    "resumed_from": 50})
+    lines = [line for line in format_status(status).splitlines() if line.startswith("durable")]
+    assert lines[0] == "durable: last step 200 in /ckpt; writing step 300; resumed from step 50"
+    assert lines[1].startswith("durable: checkpoint of step 100 abandoned") and len(lines[1]) <= 80
+    fresh = dict(base, checkpoint={"dir": "/c", "last_step": -1, "in_flight_step": None, "last_problem": ""})
+    assert [line for line in format_status(fresh).splitlines() if line.startswith("durable")] == \
+        ["durable: no checkpoint written yet in /c"]

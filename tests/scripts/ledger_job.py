@@ -61,6 +61,7 @@ def main() -> None:
         torch.save({"params": {k: v.clone() for k, v in model.state_dict().items()}, "ledger": dict(ledger.counts), "world_sizes": ledger.world_sizes,
                     "batch_size": args.batch_size,
                     "world_size": session.world_size, "generation": session.generation, "step": session.step,
+                    "resumed_from": session.resumed_from,
                     "samples": args.samples}, args.out)
     session.finish()
 
