@@ -15,6 +15,7 @@ name, and ``status.restarts`` is the sum of attempts over all roles.
 from __future__ import annotations
 
 import datetime as _dt
+import posixpath
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ REASON_INVALID = "InvalidSpec"
 REASON_BACKOFF = "BackoffLimitExceeded"
 
 MODES = ("sync", "async")
+# The durable tier (spec.checkpoint): the CRD's defaults, and the pod volume a claimName becomes.
+CHECKPOINT_EVERY_STEPS = 100
+CHECKPOINT_EVERY_SECONDS = 0.0
+CHECKPOINT_KEEP = 2
+CHECKPOINT_VOLUME = "checkpoint"
 # A Service name is a DNS-1035 label (<= 63 chars); "<job>-coordinator" must fit.
 MAX_JOB_NAME = 63 - len("-coordinator")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -89,6 +95,24 @@ def _int(spec: Mapping[str, Any], key: str, default: int | None, where: str) -> 
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{where}{key} must be an integer; got {value!r}")
+    return value
+
+
+def _number(spec: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{where}{key} must be a number; got {value!r}")
+    return float(value)
+
+
+def _str(spec: Mapping[str, Any], key: str, where: str) -> str:
+    value = spec.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f"{where}{key} must be a string; got {value!r}")
     return value
 
 
@@ -127,6 +151,12 @@ class JobSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     service_account_name: str | None = None
+    # spec.checkpoint: "" = no durable tier; else the absolute path it is mounted at in every pod.
+    checkpoint_dir: str = ""
+    checkpoint_every: int = CHECKPOINT_EVERY_STEPS
+    checkpoint_every_s: float = CHECKPOINT_EVERY_SECONDS
+    checkpoint_keep: int = CHECKPOINT_KEEP
+    checkpoint_claim: str = ""  # a PersistentVolumeClaim mounted at checkpoint_dir ("" = the user mounts it)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any] | None) -> "JobSpec":
@@ -179,6 +209,22 @@ class JobSpec:
         strategy = spec.get("strategy") or ""
         if not isinstance(strategy, str):
             raise SpecError("spec.strategy must be a string")
+        checkpoint = spec.get("checkpoint")  # absent or null: no durable tier (the CRD has no default)
+        ckpt: dict[str, Any] = {}
+        if checkpoint is not None:
+            if not isinstance(checkpoint, Mapping):
+                raise SpecError("spec.checkpoint must be an object with dir/everySteps/everySeconds/keep/claimName")
+            where = "spec.checkpoint."
+            ckpt = {
+                "checkpoint_dir": _str(checkpoint, "dir", where),
+                "checkpoint_every": _int(checkpoint, "everySteps", CHECKPOINT_EVERY_STEPS, where),
+                "checkpoint_every_s": _number(checkpoint, "everySeconds", CHECKPOINT_EVERY_SECONDS, where),
+                "checkpoint_keep": _int(checkpoint, "keep", CHECKPOINT_KEEP, where),
+                "checkpoint_claim": _str(checkpoint, "claimName", where),
+            }
+            if not ckpt["checkpoint_dir"]:
+                raise SpecError("spec.checkpoint.dir is required when spec.checkpoint is set: the absolute path "
+                                "where the checkpoint volume is mounted in every pod, e.g. /ckpt")
         return cls(
             image=image,
             command=tuple(command),
@@ -200,6 +246,7 @@ class JobSpec:
             node_selector=dict(spec.get("nodeSelector") or {}),
             tolerations=tuple(spec.get("tolerations") or ()),
             service_account_name=spec.get("serviceAccountName"),
+            **ckpt,
         )
 
     @property
@@ -247,6 +294,19 @@ def validate(spec: JobSpec, name: str = "") -> list[str]:
                 f"({n - 1}): a node's snapshot shards are placed on the {n - 1} other nodes; "
                 f"lower dataShards/parityShards or add nodes"
             )
+    if spec.checkpoint_dir:
+        if not posixpath.isabs(spec.checkpoint_dir):
+            errors.append(f"spec.checkpoint.dir must be an absolute path (it is mounted at the same path in the "
+                          f"coordinator and every worker pod); got {spec.checkpoint_dir!r}")
+        if spec.checkpoint_every < 0:
+            errors.append(f"spec.checkpoint.everySteps must be >= 0; got {spec.checkpoint_every}")
+        if spec.checkpoint_every_s < 0:
+            errors.append(f"spec.checkpoint.everySeconds must be >= 0; got {spec.checkpoint_every_s:g}")
+        if spec.checkpoint_every == 0 and spec.checkpoint_every_s == 0:
+            errors.append("spec.checkpoint.everySteps and spec.checkpoint.everySeconds must not both be 0: "
+                          "set everySteps (steps between checkpoints) or everySeconds (time between them)")
+        if spec.checkpoint_keep < 1:
+            errors.append(f"spec.checkpoint.keep must be >= 1; got {spec.checkpoint_keep}")
     if spec.backoff_limit is not None and spec.backoff_limit < 0:
         errors.append(f"spec.runPolicy.backoffLimit must be >= 0; got {spec.backoff_limit}")
     reserved = {ENV_COORDINATOR, ENV_JOB_ID, ENV_NODE_ID, ENV_TOKEN} & {e.get("name") for e in spec.env}
@@ -365,6 +425,10 @@ def _pod_spec(spec: JobSpec, container: dict[str, Any]) -> dict[str, Any]:
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
         "enableServiceLinks": False,
     }
+    if spec.checkpoint_dir and spec.checkpoint_claim:
+        # The durable tier: the coordinator scans it for --resume, the agents write to it.
+        pod["volumes"].append({"name": CHECKPOINT_VOLUME,
+                               "persistentVolumeClaim": {"claimName": spec.checkpoint_claim}})
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -386,6 +450,8 @@ def _container(spec: JobSpec, name: str, command: list[str], env: list[dict[str,
         "ports": ports,
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     }
+    if spec.checkpoint_dir and spec.checkpoint_claim:
+        c["volumeMounts"].append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint_dir})
     if spec.image_pull_policy:
         c["imagePullPolicy"] = spec.image_pull_policy
     if resources:
@@ -403,6 +469,13 @@ def coordinator_command(job_name: str, spec: JobSpec) -> list[str]:
         cmd += ["--strategy", spec.strategy]
     if spec.erasure:
         cmd += ["--ec", spec.erasure]
+    if spec.checkpoint_dir:
+        # The durable tier, mounted at the same path in every pod (so the agents need no
+        # --checkpoint-dir of their own). --resume --resume-if-any: a job (re-)created with this dir
+        # starts from its newest complete checkpoint, or fresh when it holds none.
+        cmd += ["--checkpoint-dir", spec.checkpoint_dir, "--checkpoint-every", str(spec.checkpoint_every),
+                "--checkpoint-every-s", repr(spec.checkpoint_every_s), "--checkpoint-keep", str(spec.checkpoint_keep),
+                "--resume", spec.checkpoint_dir, "--resume-if-any"]
     return cmd
 
 

@@ -138,6 +138,11 @@ def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     ({"command": []}, "spec.command in body should have at least 1 items"),
     ({"image": ""}, "spec.image in body should be at least 1 chars long"),
     ({"nodes": {"replicas": "two"}}, 'spec.nodes.replicas: Invalid value: "string": spec.nodes.replicas in body must be of type integer'),
+    ({"checkpoint": {"dir": "/ckpt", "keep": 0}}, "spec.checkpoint.keep in body should be greater than or equal to 1"),
+    ({"checkpoint": {"dir": "/ckpt", "everySteps": -1}},
+     "spec.checkpoint.everySteps in body should be greater than or equal to 0"),
+    ({"checkpoint": {"dir": "ckpt"}}, "spec.checkpoint.dir in body should match '^/'"),
+    ({"checkpoint": {"everySteps": 10}}, "spec.checkpoint.dir: Required value"),
 ])
 def test_api_server_rejects_invalid_spec(apiserver, namespace, api, spec_patch, expected):
     _, custom = api
@@ -171,6 +176,11 @@ def test_schema_defaults_applied(apiserver, namespace, api):
     assert got["nodes"] == {"replicas": 1}
     assert got["nprocPerNode"] == 1 and got["mode"] == "sync" and got["args"] == []
     assert got["snapshot"] == {"everySteps": 1}
+    assert "checkpoint" not in got  # no durable tier unless asked for
+    got = create_job(custom, namespace, job_body("defaults-checkpoint", checkpoint={"dir": "/ckpt"}))["spec"]
+    assert got["checkpoint"] == {"dir": "/ckpt", "everySteps": 100, "everySeconds": 0, "keep": 2}
+    spec = S.JobSpec.from_dict(got)
+    assert (spec.checkpoint_every, spec.checkpoint_every_s, spec.checkpoint_keep) == (100, 0.0, 2)
 
 
 # --------------------------------------------------------------------------- operator

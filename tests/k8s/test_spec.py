@@ -5,6 +5,7 @@ These run in the default test suite (no `k8s` marker).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -66,6 +67,10 @@ def test_spec_defaults_match_the_crd():
     ({"nodes": {"replicas": 2, "minReplicas": 3}}, "spec.nodes.minReplicas (3) must be <= spec.nodes.replicas (2)"),
     ({"mode": "bogus"}, "spec.mode must be one of sync, async; got 'bogus'"),
     ({"env": [{"name": "FTRAIN_TOKEN", "value": "x"}]}, "spec.env must not set FTRAIN_TOKEN"),
+    ({"checkpoint": {"dir": "ckpt"}}, "spec.checkpoint.dir must be an absolute path"),
+    ({"checkpoint": {"dir": "/ckpt", "everySteps": 0}},
+     "spec.checkpoint.everySteps and spec.checkpoint.everySeconds must not both be 0"),
+    ({"checkpoint": {"dir": "/ckpt", "keep": 0}}, "spec.checkpoint.keep must be >= 1; got 0"),
 ])
 def test_validate_catches_what_the_schema_cannot(spec, message):
     errors = S.validate(S.JobSpec.from_dict(job(**spec)["spec"]), "j")
@@ -86,6 +91,40 @@ def test_from_dict_rejects_malformed_input():
         S.JobSpec.from_dict({"image": "x", "command": []})
     with pytest.raises(S.SpecError, match="spec.nodes.replicas must be an integer"):
         S.JobSpec.from_dict({"image": "x", "command": ["x"], "nodes": {"replicas": "2"}})
+
+
+@pytest.mark.parametrize("checkpoint, message", [
+    ("/ckpt", "spec.checkpoint must be an object"),
+    ({}, "spec.checkpoint.dir is required when spec.checkpoint is set"),
+    ({"dir": 7}, "spec.checkpoint.dir must be a string; got 7"),
+    ({"dir": "/c", "everySteps": "100"}, "spec.checkpoint.everySteps must be an integer; got '100'"),
+    ({"dir": "/c", "everySteps": 1.5}, "spec.checkpoint.everySteps must be an integer"),
+    ({"dir": "/c", "everySeconds": "30"}, "spec.checkpoint.everySeconds must be a number; got '30'"),
+    ({"dir": "/c", "everySeconds": True}, "spec.checkpoint.everySeconds must be a number"),
+    ({"dir": "/c", "keep": False}, "spec.checkpoint.keep must be an integer"),
+    ({"dir": "/c", "claimName": ["pvc"]}, "spec.checkpoint.claimName must be a string"),
+])
+def test_from_dict_rejects_malformed_checkpoint(checkpoint, message):
+    with pytest.raises(S.SpecError, match=re.escape(message)):
+        S.JobSpec.from_dict(job(checkpoint=checkpoint)["spec"])
+
+
+def test_checkpoint_defaults_match_the_crd():
+    off = S.JobSpec.from_dict(job()["spec"])
+    assert off.checkpoint_dir == "" and S.validate(off, "j") == []
+    assert off == S.JobSpec.from_dict(job(checkpoint=None)["spec"])
+    spec = S.JobSpec.from_dict(job(checkpoint={"dir": "/ckpt"})["spec"])
+    assert (spec.checkpoint_dir, spec.checkpoint_every, spec.checkpoint_every_s, spec.checkpoint_keep,
+            spec.checkpoint_claim) == ("/ckpt", 100, 0.0, 2, "")
+    assert S.validate(spec, "j") == []
+    props = _crd_schema()["properties"]["spec"]["properties"]["checkpoint"]
+    assert props["required"] == ["dir"] and "default" not in props  # absent: no durable tier
+    defaults = {k: v["default"] for k, v in props["properties"].items() if "default" in v}
+    assert defaults == {"everySteps": spec.checkpoint_every, "everySeconds": spec.checkpoint_every_s,
+                        "keep": spec.checkpoint_keep}
+    # By time only is valid; an int everySeconds is a number.
+    timed = S.JobSpec.from_dict(job(checkpoint={"dir": "/c", "everySteps": 0, "everySeconds": 30})["spec"])
+    assert timed.checkpoint_every_s == 30.0 and S.validate(timed, "j") == []
 
 
 # --------------------------------------------------------------------------- manifests
@@ -122,10 +161,63 @@ def test_worker_and_coordinator_manifests():
     assert cmd[cmd.index("--strategy") + 1] == "fedbuff" and "--ec" not in cmd
     assert "resources" not in co["spec"]["containers"][0]  # GPUs only for workers
     svc = S.service_manifest(j)
+    assert "--checkpoint-dir" not in co["spec"]["containers"][0]["command"]  # no spec.checkpoint: no durable tier
     assert svc["metadata"]["name"] == "j-coordinator"
     assert svc["spec"]["selector"][S.LABEL_ROLE] == "coordinator"
     sec = S.secret_manifest(j)
     assert len(sec["stringData"]["token"]) >= 40 and sec["stringData"]["token"] != S.secret_manifest(j)["stringData"]["token"]
+
+
+def test_coordinator_command_carries_the_checkpoint_flags():
+    spec = S.JobSpec.from_dict(job(checkpoint={"dir": "/ckpt", "everySteps": 50, "everySeconds": 2.5,
+                                               "keep": 3})["spec"])
+    cmd = S.coordinator_command("j", spec)
+    i = cmd.index("--checkpoint-dir")
+    assert cmd[i:] == ["--checkpoint-dir", "/ckpt", "--checkpoint-every", "50", "--checkpoint-every-s", "2.5",
+                       "--checkpoint-keep", "3", "--resume", "/ckpt", "--resume-if-any"]
+    defaults = S.coordinator_command("j", S.JobSpec.from_dict(job(checkpoint={"dir": "/ckpt"})["spec"]))
+    assert defaults[defaults.index("--checkpoint-dir"):] == [
+        "--checkpoint-dir", "/ckpt", "--checkpoint-every", "100", "--checkpoint-every-s", "0.0",
+        "--checkpoint-keep", "2", "--resume", "/ckpt", "--resume-if-any"]
+    # Agents find the directory at the same path: no --checkpoint-dir of their own.
+    assert "--checkpoint-dir" not in S.worker_command("j", "ns", spec, "j-worker-0-0")
+
+
+@pytest.mark.parametrize("checkpoint", [{"dir": "/ckpt"}, {"dir": "/ckpt", "everySteps": 0, "everySeconds": 30}])
+def test_coordinator_checkpoint_flags_parse_as_the_cli_does(checkpoint):
+    """The command the operator writes is one `ftrain coordinator` takes, and its settings pass
+    JobSettings.validate (the contract with ftrain/cli.py)."""
+    from ftrain import cli
+    spec = S.JobSpec.from_dict(job(checkpoint=checkpoint)["spec"])
+    cmd = S.coordinator_command("j", spec)
+    assert cmd[0] == "ftrain"
+    args = cli.build_parser().parse_args(cmd[1:])
+    assert args.func is cli.cmd_coordinator
+    settings = cli._settings(args, args.replace_timeout)
+    assert (settings.checkpoint_dir, settings.checkpoint_every, settings.checkpoint_every_s, settings.checkpoint_keep,
+            settings.resume_dir, settings.resume_optional) == (
+        "/ckpt", spec.checkpoint_every, spec.checkpoint_every_s, spec.checkpoint_keep, "/ckpt", True)
+
+
+def _volumes(pod: dict) -> tuple[list[dict], list[dict]]:
+    return pod["spec"]["volumes"], pod["spec"]["containers"][0]["volumeMounts"]
+
+
+def test_checkpoint_claim_is_mounted_in_every_pod():
+    dshm = ({"name": "dshm", "emptyDir": {"medium": "Memory"}}, {"name": "dshm", "mountPath": "/dev/shm"})
+    pvc = ({"name": "checkpoint", "persistentVolumeClaim": {"claimName": "my-pvc"}},
+           {"name": "checkpoint", "mountPath": "/ckpt"})
+    for body, want in (({}, [dshm]),
+                       ({"checkpoint": {"dir": "/ckpt"}}, [dshm]),  # no claimName: the user mounts it
+                       ({"checkpoint": {"dir": "/ckpt", "claimName": "my-pvc"}}, [dshm, pvc])):
+        j = job(**body)
+        spec = S.JobSpec.from_dict(j["spec"])
+        pods = [S.coordinator_pod_manifest(j, spec, 0)] + [S.worker_pod_manifest(j, spec, i, 0) for i in range(2)]
+        for p in pods:
+            assert _volumes(p) == ([v for v, _ in want], [m for _, m in want]), (body, p["metadata"]["name"])
+    # What plan() creates carries them too.
+    created = S.plan(job(checkpoint={"dir": "/ckpt", "claimName": "my-pvc"}), [], now=NOW).create
+    assert len(created) == 3 and all(pvc[0] in _volumes(p)[0] and pvc[1] in _volumes(p)[1] for p in created)
 
 
 # --------------------------------------------------------------------------- plan
@@ -302,10 +394,15 @@ def test_crd_schema_rejects_bad_specs_offline():
     validator = jsonschema.Draft4Validator(_crd_schema())
     base = job()
     for bad in ({"nodes": {"replicas": 0}}, {"mode": "bogus"}, {"nprocPerNode": 0},
-                {"snapshot": {"parityShards": -1}}, {"snapshot": {"everySteps": 0}}):
+                {"snapshot": {"parityShards": -1}}, {"snapshot": {"everySteps": 0}},
+                {"checkpoint": {}}, {"checkpoint": {"dir": "ckpt"}}, {"checkpoint": {"dir": "/c", "keep": 0}},
+                {"checkpoint": {"dir": "/c", "everySteps": -1}}, {"checkpoint": {"dir": "/c", "everySeconds": -1}},
+                {"checkpoint": {"dir": "/c", "claimName": ""}}):
         doc = job(**bad)
         assert list(validator.iter_errors(doc)), bad
     assert not list(validator.iter_errors(base))
+    good = job(checkpoint={"dir": "/ckpt", "everySteps": 0, "everySeconds": 1.5, "keep": 1, "claimName": "my-pvc"})
+    assert not list(validator.iter_errors(good))
 
 
 @pytest.mark.timeout(90)
