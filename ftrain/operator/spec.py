@@ -420,7 +420,7 @@ def _pod_spec(spec: JobSpec, container: dict[str, Any]) -> dict[str, Any]:
         # The operator replaces failed pods itself (with a new name), so the kubelet never restarts.
         "restartPolicy": "Never",
         "containers": [container],
-        # Trainers hand snapshots to their agent through shared memory: give /dev/shm real room
+        # DataLoader workers hand batches to their trainer through shared memory: give /dev/shm real room
         # (the container default is 64 MiB).
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
         "enableServiceLinks": False,
