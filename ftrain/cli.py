@@ -32,6 +32,10 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--straggler-policy", default="rebalance",
                         help="response ladder for slow ranks: report | rebalance | evict")
     parser.add_argument("--compress", default="none", help="none | zstd (snapshot shards)")
+    parser.add_argument("--recovery", default="inprocess",
+                        help="inprocess (default: survivors keep their processes) | restart (every failure restarts "
+                             "every trainer from the top of its script, with torchrun's environment: for scripts "
+                             "that call dist.init_process_group() and build their own DDP / FSDP2)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     durable = parser.add_argument_group("durable tier (agents write committed snapshots to disk in the background)")
     durable.add_argument("--checkpoint-dir", default="",
@@ -106,7 +110,7 @@ def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings
         inject=tuple(parse_fault(spec) for spec in args.inject), replace_timeout_s=replace_timeout_s,
         collective_timeout_s=args.collective_timeout, heartbeat_dead_after_s=args.heartbeat_timeout,
         hang_timeout_s=args.hang_timeout, straggler_policy=args.straggler_policy,
-        compress=args.compress, checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "",
+        compress=args.compress, recovery=args.recovery, checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "",
         checkpoint_every=args.checkpoint_every, checkpoint_every_s=args.checkpoint_every_s,
         checkpoint_keep=args.checkpoint_keep, resume_dir=_resume_dir(args), resume_optional=args.resume_if_any,
     ).validate()
@@ -233,6 +237,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     print(f"ftrain coordinator listening on {coordinator.address}", flush=True)
     try:
         state = coordinator.wait_done()
+        coordinator.wait_checkpoints()  # the last durable checkpoint is finished before the agents go
         coordinator.linger()  # let every agent hear the outcome before the coordinator goes away
     except KeyboardInterrupt:
         state = "interrupted"

@@ -20,6 +20,7 @@ DEFAULT_HANG_TIMEOUT_S = 300.0  # a live rank may pause this long (an evaluation
 
 FAULT_KINDS = ("kill-rank", "kill-node", "hang-rank", "slow-rank", "corrupt-shard")
 MODES = ("sync", "async")
+RECOVERY_MODES = ("inprocess", "restart")
 STRAGGLER_POLICIES = ("report", "rebalance", "evict")
 
 
@@ -125,6 +126,7 @@ class JobSettings:
     hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     straggler_policy: str = "rebalance"
     pulse_silent_after_s: float = 6.0  # a trainer whose pulses stop this long is frozen (killed at once)
+    recovery: str = "inprocess"        # "restart": every failure restarts every trainer (torchrun-style scripts)
     checkpoint_dir: str = ""           # the durable tier: agents write committed snapshots here ("" = off)
     checkpoint_every: int = 100        # steps between durable checkpoints (0: by time only)
     checkpoint_every_s: float = 0.0    # seconds between durable checkpoints (0: by steps only)
@@ -148,6 +150,10 @@ class JobSettings:
             raise ConfigError(f"--snapshot-every must be >= 1; got {self.snapshot_every}")
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.recovery not in RECOVERY_MODES:
+            raise ConfigError(f"--recovery must be one of {', '.join(RECOVERY_MODES)}; got {self.recovery!r}")
+        if self.recovery == "restart" and self.mode == "async":
+            raise ConfigError("--recovery restart is for --mode sync (async workers never share a process group)")
         if self.compress not in ("none", "zstd"):
             raise ConfigError(f"--compress must be 'none' or 'zstd'; got {self.compress!r}")
         if self.heartbeat_dead_after_s < 2.0:

@@ -186,3 +186,18 @@ def test_an_unwritable_checkpoint_dir_warns_and_training_goes_on(tmp_path: Path,
         assert "could not write rank" in output and "no durable checkpoint written" in output, output[-4000:]
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_completed_job_leaves_its_last_step_and_a_longer_run_continues_from_it(tmp_path: Path,
+                                                                                   reference: dict) -> None:
+    directory = tmp_path / "ckpt"
+    events = tmp_path / "events"
+    _, output = launch(tmp_path, "short", "--checkpoint-dir", str(directory), "--checkpoint-every", "10",
+                       "--events-file", str(events), script_args=("--steps", "25"))
+    checkpoint, passed = durable.newest_complete(str(directory))
+    assert checkpoint is not None and checkpoint.step == 25 and passed == [], output[-3000:]
+    assert "last durable checkpoint: step 25" in output
+    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
+    assert kinds.index("job-complete") < len(kinds) - 1 - kinds[::-1].index("checkpoint")  # written after the end
+    result, _ = launch(tmp_path, "longer", "--resume", str(directory))  # the same job, run on to step 40
+    assert_identical(reference, result)

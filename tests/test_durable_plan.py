@@ -43,6 +43,13 @@ def test_due_every_n_steps_from_the_last_checkpoint_whatever_the_snapshot_interv
     assert p.on_commit(24, 0, 3, blobs(24, PLACEMENT), LIVE, 2.0)[0]
 
 
+def test_the_final_step_is_checkpointed_whenever_it_is_new() -> None:
+    p = planner(every=10)
+    assert p.on_commit(14, 0, 3, blobs(14, PLACEMENT), LIVE, 1.0, final=True)[0]
+    p.in_flight = None
+    assert not p.on_commit(14, 0, 3, blobs(14, PLACEMENT), LIVE, 2.0, final=True)[0]  # already taken
+
+
 def test_due_by_time_and_after_a_resume() -> None:
     p = planner(every=0, every_s=30.0)
     assert not p.due(5, now=29.0) and p.due(5, now=30.0)
@@ -67,7 +74,7 @@ def test_manifest_once_every_rank_is_written_then_complete() -> None:
     finals: list[Finalize] = []
     for order in orders:
         finals += p.on_written(order.node_id, 10, order.rank, durable.part_name(order.rank), 100 + order.rank, 7, 0.5)
-    assert len(finals) == 1
+    assert len(finals) == 1 and finals[0].node_id == orders[-1].node_id  # the last writer finalizes
     manifest = finals[0].manifest
     assert manifest["format"] == durable.FORMAT and manifest["step"] == 10 and manifest["generation"] == 3
     assert [part["rank"] for part in manifest["parts"]] == [0, 1, 2]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -56,7 +57,7 @@ def _codec_backend() -> str:
 @dataclass
 class TrainerProcess:
     local_rank: int
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None while restart mode joins its generation before starting it
     restarts: int = 0
     state: str = "running"
     exit_code: int = 0
@@ -118,11 +119,15 @@ class Agent:
         self.job_message = ""
         self.slot = -1         # from heartbeats; sent again if the coordinator restarts
         self.generation = -1
+        self.recovery = "inprocess"  # the job's (from registration): "restart" starts trainers with torchrun's env
+        self._spawned = 0      # restart mode: trainer uids are node/local_rank/aN
+        self._to_spawn: queue.Queue[tuple[TrainerProcess, dict[str, str]]] = queue.Queue()  # joined, to start
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.checkpoint_dir = checkpoint_dir  # where this node mounts the job's checkpoint directory ("" = its path)
         self._writer: CheckpointWriter | None = None  # the durable tier's writer, made at the first order
         self._wake = threading.Event()  # heartbeat now (a checkpoint result is ready)
+        self._checkpoint_pending = False  # the coordinator says a durable checkpoint is still being written
 
     @property
     def address(self) -> str:
@@ -149,6 +154,7 @@ class Agent:
                 time.sleep(0.5)
         self.node_id = response.node_id
         self._node_ref[0] = response.node_id
+        self.recovery = response.config.recovery or "inprocess"
         if not self.job_id:
             self.job_id = response.config.job_id
         log.info("agent %s registered at %s (shard store %s)", self.node_id, self.coordinator, self.address)
@@ -161,7 +167,7 @@ class Agent:
             if self._stop.is_set():
                 return
             with self._lock:
-                infos = [pb.TrainerInfo(local_rank=t.local_rank, pid=t.process.pid, state=t.state,
+                infos = [pb.TrainerInfo(local_rank=t.local_rank, pid=t.process.pid if t.process else 0, state=t.state,
                                         exit_code=t.exit_code, last_step=self.trainer_steps.get(t.local_rank, 0))
                          for t in self.trainers.values()]
             count, size = self.store.stats()
@@ -187,6 +193,7 @@ class Agent:
                     log.warning("re-registration failed: %s", error)
                 continue
             self.slot, self.generation = response.slot, max(self.generation, response.generation)
+            self._checkpoint_pending = response.checkpoint_pending
             if response.min_retained_step > 0:
                 self.store.drop_older_than(response.min_retained_step)
             for command in response.commands:
@@ -205,12 +212,15 @@ class Agent:
             log.warning("node %s evicted by the coordinator; stopping its trainers", self.node_id)
             self._finish("evicted", "evicted by the coordinator")
             return
+        if verb == "restart-trainers":  # restart mode: every trainer starts over in the next generation
+            threading.Thread(target=self._restart_all, name="ftrain-restart", daemon=True).start()
+            return
         with self._lock:
             trainer = self.trainers.get(int(arg)) if arg.isdigit() else None
         if trainer is None:
             log.warning("ignoring command %r", command)
             return
-        if verb == "kill-trainer":
+        if verb == "kill-trainer" and trainer.process is not None:
             log.warning("killing trainer %s on the coordinator's order", arg)
             trainer.process.kill()
 
@@ -225,9 +235,72 @@ class Agent:
             return [sys.executable, *self.command]
         return list(self.command)
 
-    def _spawn(self, local_rank: int) -> subprocess.Popen:
+    def _restart_all(self) -> None:
+        """Restart mode, on the coordinator's order: kill every running trainer, then start each
+        again once it has its rank in the new generation (not a failure: nothing is reported)."""
+        with self._lock:
+            running = [t for t in self.trainers.values() if t.state == "running" and t.process is not None]
+            for trainer in running:
+                trainer.state = "joining"
+        for trainer in running:
+            assert trainer.process is not None
+            trainer.process.kill()
+            trainer.process.wait()
+        log.info("restarting %d trainer(s) into the next generation", len(running))
+        for trainer in running:
+            self._start(trainer)
+
+    def _start(self, trainer: TrainerProcess) -> None:
+        """Starts a trainer process: at once, or in restart mode once the coordinator has given it
+        its rank (torchrun's variables must be set before the script runs)."""
+        if self.recovery != "restart":
+            trainer.process, trainer.started, trainer.state = self._spawn(trainer.local_rank), time.monotonic(), "running"
+            return
+        trainer.state = "joining"
+        threading.Thread(target=self._join_and_spawn, args=(trainer,), name=f"ftrain-join-{trainer.local_rank}",
+                         daemon=True).start()
+
+    def _join_and_spawn(self, trainer: TrainerProcess) -> None:
+        with self._lock:
+            self._spawned += 1
+            uid = f"{self.node_id}/{trainer.local_rank}/a{self._spawned}"
+        while not self._stop.is_set() and self.job_state == "running":
+            try:
+                reply = self.stub.JoinGeneration(pb.JoinRequest(
+                    trainer_uid=uid, node_id=self.node_id, local_rank=trainer.local_rank,
+                    known_generation=self.generation, wait_s=20.0), timeout=30.0, metadata=self.metadata)
+            except grpc.RpcError as error:
+                log.warning("joining the next generation for trainer %d: %s", trainer.local_rank,
+                            describe_rpc_error(error, "coordinator"))
+                self._stop.wait(1.0)
+                continue
+            if reply.status == "wait":
+                continue
+            if reply.status != "ok":  # the job ended meanwhile
+                trainer.state = "finished" if reply.status == "complete" else "exited"
+                return
+            self.generation = max(self.generation, reply.generation)
+            host, _, port = reply.store_address.rpartition(":")
+            local_world = sum(m.nproc for m in reply.members if m.node_id == self.node_id) or self.nproc
+            node_rank = next((i for i, m in enumerate(reply.members) if m.node_id == self.node_id), 0)
+            torchrun = {  # as torchrun sets them; env:// connects as a client to the generation's own store
+                "RANK": str(reply.rank), "WORLD_SIZE": str(reply.world_size), "LOCAL_RANK": str(trainer.local_rank),
+                "LOCAL_WORLD_SIZE": str(local_world), "GROUP_RANK": str(node_rank), "ROLE_RANK": str(reply.rank),
+                "ROLE_WORLD_SIZE": str(reply.world_size), "MASTER_ADDR": host, "MASTER_PORT": port,
+                "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": str(reply.generation),
+                "TORCHELASTIC_RUN_ID": self.job_id, "FTRAIN_TRAINER_UID": uid,
+                "FTRAIN_GENERATION": str(reply.generation),
+            }
+            if self.host in ("127.0.0.1", "localhost") and "GLOO_SOCKET_IFNAME" not in os.environ:
+                torchrun["GLOO_SOCKET_IFNAME"] = "lo"  # the script's own gloo group binds where the agent does
+            # started by the main thread: a child's PDEATHSIG fires when the *thread* that forked it ends
+            self._to_spawn.put((trainer, torchrun))
+            return
+
+    def _spawn(self, local_rank: int, extra: dict[str, str] | None = None) -> subprocess.Popen:
         env = dict(os.environ)
         env.update(self.extra_env)
+        env.update(extra or {})
         env.update({
             cfg.ENV_COORDINATOR: self.coordinator, cfg.ENV_JOB_ID: self.job_id, cfg.ENV_NODE_ID: self.node_id,
             cfg.ENV_LOCAL_RANK: str(local_rank), cfg.ENV_TOKEN: self.token,
@@ -237,12 +310,26 @@ class Agent:
         env.setdefault("OMP_NUM_THREADS", "1")
         return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)
 
+    def _spawn_joined(self) -> None:
+        """Restart mode (main thread): starts the trainers whose generation their join thread got."""
+        while True:
+            try:
+                trainer, torchrun = self._to_spawn.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                if self.job_state != "running" or self._stop.is_set():
+                    return
+                trainer.process = self._spawn(trainer.local_rank, torchrun)
+                trainer.started, trainer.state = time.monotonic(), "running"
+
     def _watch_trainers(self) -> None:
         while True:
+            self._spawn_joined()
             with self._lock:
                 trainers = list(self.trainers.values())
             for trainer in trainers:
-                if trainer.state not in ("running",):
+                if trainer.state not in ("running",) or trainer.process is None:
                     continue
                 code = trainer.process.poll()
                 if code is None:
@@ -260,11 +347,9 @@ class Agent:
                     will_restart, trainer.state = False, "exited"  # the job failed: nothing to restart into
                 if will_restart:
                     log.warning("trainer %d exited with %s; restarting", trainer.local_rank, code)
-                    trainer.process = self._spawn(trainer.local_rank)
-                    trainer.started = time.monotonic()
                     trainer.restarts += 1
-                    trainer.state = "running"
                     self.metrics.trainer_restarts.inc()
+                    self._start(trainer)
             if self.job_state != "running":
                 return
             if all(t.state == "finished" for t in trainers) and trainers:
@@ -275,11 +360,25 @@ class Agent:
             if self._stop.wait(0.05):
                 return
 
+    def _await_checkpoints(self, timeout_s: float = 120.0) -> None:
+        """The job ended: a durable checkpoint still being written (the job's last step, say) is
+        finished first, as long as the coordinator says one is pending (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.job_state == "complete":
+            writer = self._writer
+            busy = writer is not None and (not writer.idle() or writer.has_results())
+            if not busy and not self._checkpoint_pending:
+                return
+            self._wake.set()  # heartbeat now: results out, orders in
+            time.sleep(0.1)
+        if self._checkpoint_pending:
+            log.warning("leaving with a durable checkpoint unfinished (%.0f s after the job's end)", timeout_s)
+
     def _report_exit(self, trainer: TrainerProcess, code: int, will_restart: bool, uptime_s: float) -> bool:
         """Reports a trainer's exit; False when the coordinator answers that the job failed."""
         try:
             ack = self.stub.ReportTrainerExit(pb.TrainerExit(node_id=self.node_id, local_rank=trainer.local_rank,
-                                                             pid=trainer.process.pid, exit_code=code,
+                                                             pid=trainer.process.pid if trainer.process else 0, exit_code=code,
                                                              will_restart=will_restart, uptime_s=uptime_s),
                                               timeout=5.0, metadata=self.metadata)
         except grpc.RpcError as error:
@@ -306,14 +405,19 @@ class Agent:
         self.servicer_job = self.job_id
         with self._lock:
             for local_rank in range(self.nproc):
-                self.trainers[local_rank] = TrainerProcess(local_rank, self._spawn(local_rank))
+                self.trainers[local_rank] = TrainerProcess(local_rank, None)
+        for trainer in list(self.trainers.values()):
+            self._start(trainer)
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="ftrain-heartbeat", daemon=True)
         heartbeat.start()
         try:
             self._watch_trainers()
+            self._await_checkpoints()
             # job over: give finished trainers a moment to exit, then make sure none is left
             deadline = time.monotonic() + (10.0 if self.job_state == "complete" else 2.0)
             for trainer in self.trainers.values():
+                if trainer.process is None:
+                    continue
                 remaining = max(0.0, deadline - time.monotonic())
                 try:
                     trainer.process.wait(timeout=remaining)
@@ -324,7 +428,7 @@ class Agent:
             self._stop.set()
             self._wake.set()
             for trainer in self.trainers.values():
-                if trainer.process.poll() is None:
+                if trainer.process is not None and trainer.process.poll() is None:
                     trainer.process.kill()
             self.server.stop(0.5)
             self.data_server.stop()

@@ -74,6 +74,10 @@ class CheckpointWriter:
     def idle(self) -> bool:
         return self._orders.unfinished_tasks == 0
 
+    def has_results(self) -> bool:
+        with self._lock:
+            return bool(self._results)
+
     def close(self) -> None:
         self._orders.put(None)
         self._fetch.shutdown(wait=False, cancel_futures=True)

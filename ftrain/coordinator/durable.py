@@ -6,8 +6,9 @@ checkpoints on disk, which agent writes each rank's blob, and when a checkpoint 
   any `--snapshot-every` works.
 - Each rank's blob is written by a live agent that holds one of its shards (the agent with the
   fewest writes of this checkpoint first, then the lowest shard index); it rebuilds the blob from
-  k shards and writes it. When every rank's file is written, one agent writes the manifest and
-  renames the checkpoint complete (ftrain.snapshot.durable).
+  k shards and writes it. When every rank's file is written, the agent that wrote the last one
+  writes the manifest and renames the checkpoint complete (ftrain.snapshot.durable).
+- When the job completes, its last committed step is checkpointed too (after the one in flight).
 - One checkpoint is in flight at a time. A due step that comes while one is still being written
   is skipped and reported ("busy"): a slow disk never queues work, and the training loop never
   waits for any of it. A failed write, a writer lost with its node (when no other holder can take
@@ -96,10 +97,11 @@ class DurablePlanner:
 
     # -- events in ---------------------------------------------------------------------------
     def on_commit(self, step: int, generation: int, world_size: int, blobs: list[BlobRecord], live: set[str],
-                  now: float) -> tuple[list[Write], Outcome | None]:
-        """A step was committed. Returns the write orders (none when it is not due) and, when a
-        due step cannot be taken, the outcome saying why."""
-        if not self.due(step, now):
+                  now: float, final: bool = False) -> tuple[list[Write], Outcome | None]:
+        """A step was committed (`final`: the job's last, checkpointed whenever it is newer than the
+        last checkpoint). Returns the write orders (none when it is not due) and, when a due step
+        cannot be taken, the outcome saying why."""
+        if not (self.due(step, now) or (final and step > self._last_began_step)):
             return [], None
         self._last_began_step, self._last_began_time = step, now
         if self.in_flight is not None:
@@ -132,7 +134,7 @@ class DurablePlanner:
         flight.parts[rank] = {"rank": rank, "file": file, "bytes": size, "crc32": crc32, "seconds": round(seconds, 3)}
         if len(flight.parts) < flight.world_size or flight.finalizer:
             return []
-        flight.finalizer = flight.writers[min(flight.writers)]
+        flight.finalizer = node_id  # the last writer: its heartbeat is being answered now, so it gets the order at once
         return [Finalize(flight.finalizer, step, self._manifest(flight))]
 
     def on_finalized(self, node_id: str, step: int, now: float) -> Outcome | None:

@@ -41,6 +41,7 @@ class GenerationPlan:
     generation: Generation
     restore_step: int
     blobs: list[pb.BlobInfo] = field(default_factory=list)
+    store_address: str = ""  # restart mode: the generation's own rendezvous store (torchrun's MASTER_ADDR:PORT)
 
 
 class JobFailed(Exception):
@@ -103,6 +104,8 @@ class CoordinatorState:
                                                           settings.checkpoint_every_s, settings.checkpoint_keep),
                                           settings.job_id, clock())
         self.checkpoint_orders: dict[str, list[pb.CheckpointOrder]] = collections.defaultdict(list)
+        self.new_store: Callable[[], str] | None = None  # restart mode: a fresh rendezvous store per generation
+        self.restart_ordered = -1  # restart mode: the pending generation every trainer was ordered to restart into
 
     # -- the durable tier (call with the lock held) ----------------------------------------------
     def resume_from(self, checkpoint: durable_files.Checkpoint) -> None:
@@ -130,6 +133,20 @@ class CoordinatorState:
                                              manifest_json=json.dumps(order.manifest), keep=self.durable.settings.keep)
             self.checkpoint_orders[order.node_id].append(message)
 
+    def final_checkpoint(self) -> None:
+        """The job completed: its last committed step goes to disk too (once the one in flight ends)."""
+        if self.durable is not None and self.job_state == "complete" and self.durable.in_flight is None:
+            self.checkpoint_committed(self.catalog.newest_committed, final=True)
+
+    def checkpoint_pending(self) -> bool:
+        """A durable checkpoint is being written (or, the job complete, its last step still will be)."""
+        d = self.durable
+        if d is None:
+            return False
+        final_due = self.job_state == "complete" and self.catalog.newest_committed > d.last_step and \
+            (d.last_outcome is None or d.last_outcome.step < self.catalog.newest_committed)
+        return d.in_flight is not None or final_due
+
     def _checkpoint_outcome(self, outcome: Outcome | None) -> None:
         if outcome is None:
             return
@@ -143,12 +160,14 @@ class CoordinatorState:
             self.metrics.checkpoint_failures.labels(reason=outcome.reason).inc()
             self.event("checkpoint-" + outcome.kind, outcome.detail, step=outcome.step, reason=outcome.reason)
             log.warning("%s", outcome.detail)
+        self.final_checkpoint()
+        self.cond.notify_all()
 
-    def checkpoint_committed(self, step: int) -> None:
+    def checkpoint_committed(self, step: int, final: bool = False) -> None:
         if self.durable is None or self.plan is None:
             return
         orders, outcome = self.durable.on_commit(step, self.plan.generation.number, self.plan.generation.world_size,
-                                                 self.catalog.blobs(step), self._live_nodes(), self.clock())
+                                                 self.catalog.blobs(step), self._live_nodes(), self.clock(), final)
         self._send_orders(orders)
         self._checkpoint_outcome(outcome)
 
@@ -223,6 +242,7 @@ class CoordinatorState:
             job_id=s.job_id, target_nodes=s.target_nodes, min_nodes=s.min_nodes, snapshot_every=s.snapshot_every,
             ec_k=s.ec.k, ec_m=s.ec.m, mode=s.mode, strategy=s.strategy, inject=[f.raw for f in s.inject],
             collective_timeout_s=s.effective_collective_timeout_s(self.hang.timeout_s()), compress=s.compress,
+            recovery=s.recovery,
         )
 
     # -- failure handling (call with the lock held) ----------------------------------------
@@ -371,6 +391,20 @@ class CoordinatorState:
             self.try_form()
             self.cond.notify_all()
 
+    def order_restart(self) -> None:
+        """Restart mode: once a new generation is pending after a formed one (any failure, a node
+        that joins), every live agent restarts all its trainers from the top of the script."""
+        m = self.membership
+        if (self.settings.recovery != "restart" or self.plan is None or not m.pending or self.job_state != "running"
+                or self.restart_ordered >= m.number):
+            return
+        self.restart_ordered = m.number
+        nodes = sorted(n.node_id for n in m.nodes.values() if n.alive)
+        for node_id in nodes:
+            self.commands[node_id].append("restart-trainers")
+        self.event("restart", f"restarting every trainer ({', '.join(nodes)}) into generation {m.number}",
+                   generation=m.number)
+
     def try_form(self) -> None:
         if self.job_state != "running":
             return
@@ -407,7 +441,10 @@ class CoordinatorState:
             else:
                 live = [s for s in info.shards if self.membership.nodes.get(s.node_id) and
                         self.membership.nodes[s.node_id].alive]
-                if len(live) < info.k:
+                producer = self.membership.nodes.get(info.producer_node)
+                # restart mode: the producer's own agent keeps a whole copy (read before any shard)
+                whole = self.settings.recovery == "restart" and producer is not None and producer.alive
+                if len(live) < info.k and not whole:
                     missing = sorted(s.index for s in info.shards if s not in live)
                     lost.append(
                         f"blob {info.blob_id} (rank {info.producer_rank} of step {restore_step}) has "
@@ -431,7 +468,8 @@ class CoordinatorState:
         self.pulses = {}
         self.formed_at = self.clock()
         self.metrics.straggler_score.clear()
-        self.plan = GenerationPlan(generation, restore_step, blobs)
+        store = self.new_store() if self.settings.recovery == "restart" and self.new_store is not None else ""
+        self.plan = GenerationPlan(generation, restore_step, blobs, store)
         self.catalog.open_generation(generation.number, generation.world_size)
         self.finished.clear()
         self.failed_at.clear()
@@ -454,6 +492,7 @@ class CoordinatorState:
             self.job_state = "complete"
             self.event("job-complete", message)
             self._warn_unfired()
+            self.final_checkpoint()
             self.cond.notify_all()
 
     def fail(self, message: str) -> None:
@@ -496,10 +535,14 @@ class CoordinatorState:
                     self.node_dead(node_id, f"no heartbeat for {age:.1f} s")
             self.check_hangs()
             self.check_finish()
+            self.order_restart()
             self.try_form()
-            if self.durable is not None:
-                self._checkpoint_outcome(self.durable.tick(now))
+            self.tick_durable()
         return []
+
+    def tick_durable(self) -> None:
+        if self.durable is not None:
+            self._checkpoint_outcome(self.durable.tick(self.clock()))
 
     def effective_ec(self) -> dict[str, Any]:
         """The erasure code in use (call with the lock held): k+m as the current generation's
@@ -641,7 +684,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                         commands=commands, message=s.message, known=True,
                                         slot=-1 if node.slot is None else node.slot,
                                         generation=s.plan.generation.number if s.plan else -1,
-                                        checkpoint_orders=orders)
+                                        checkpoint_orders=orders, checkpoint_pending=s.checkpoint_pending())
 
     def ReportTrainerExit(self, request: pb.TrainerExit, context: grpc.ServicerContext) -> pb.Ack:
         s = self.s
@@ -660,6 +703,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 return pb.Ack(ok=False, message=startup)
             if request.exit_code == 0:  # a trainer that finished (or a spare that left): nothing failed
                 return pb.Ack(ok=True)
+            if s.settings.recovery == "restart" and s.membership.pending and s.restart_ordered >= s.membership.number:
+                return pb.Ack(ok=True)  # restart mode: it goes down with the rest, ordered to restart
             how = f"signal {-request.exit_code}" if request.exit_code < 0 else f"exit code {request.exit_code}"
             if s.membership.trainer_failed(request.node_id, request.local_rank, s.clock()) or s.membership.pending:
                 s._record_failure("rank", f"trainer {request.node_id}/{request.local_rank} (pid {request.pid}) died: {how}")
@@ -676,6 +721,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         deadline = time.monotonic() + min(max(request.wait_s, 0.1), 60.0)
         with s.cond:
             s.membership.observe_generation(request.known_generation)
+            plan = s.plan
+            if (s.settings.recovery == "restart" and plan is not None and not s.membership.pending
+                    and plan.generation.number > request.known_generation
+                    and plan.generation.rank_of(request.trainer_uid) is not None and s.job_state == "running"):
+                # restart mode: the process its agent joined for takes its rank; it must not count as
+                # waiting for the next generation (that one is made of the restarted processes)
+                return self._assignment(plan, plan.generation.rank_of(request.trainer_uid))  # type: ignore[arg-type]
             s.membership.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
             s.try_form()
             while True:
@@ -703,7 +755,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             members.append(pb.Member(node_id=node_id, address=node.address, first_rank=first, nproc=node.nproc))
         return pb.GenerationAssignment(
             status="ok", generation=plan.generation.number, rank=rank, world_size=plan.generation.world_size,
-            store_address=s.store_address, restore_step=plan.restore_step, restore_blobs=plan.blobs,
+            store_address=plan.store_address or s.store_address, restore_step=plan.restore_step, restore_blobs=plan.blobs,
             members=members, config=s.config_message(), batch_shares=plan.generation.batch_shares,
         )
 
@@ -896,6 +948,8 @@ class Coordinator:
                               timeout=datetime.timedelta(seconds=60))
         self.metrics = metrics_mod.Metrics()
         self.state = CoordinatorState(settings, f"{host}:{self.store.port}", self.metrics)
+        self._generation_stores: collections.deque[Any] = collections.deque(maxlen=3)
+        self.state.new_store = self._new_store
         for problem in passed:
             self.state.event("checkpoint-passed-over", problem)
         if resume is not None:
@@ -916,6 +970,16 @@ class Coordinator:
         self.metrics_port = self.metrics.serve(metrics_port, addr=host) if metrics_port is not None else None
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="ftrain-ticker", daemon=True)
+
+    def _new_store(self) -> str:
+        """Restart mode: a rendezvous store of the generation's own, so a script's env://
+        init_process_group never sees an earlier generation's keys (torch 2.13's agent-store
+        rendezvous adds no prefix). The newest three are kept."""
+        from torch.distributed import TCPStore
+
+        store = TCPStore(self.host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=300))
+        self._generation_stores.append(store)
+        return f"{self.host}:{store.port}"
 
     @staticmethod
     def _find_resume(settings: JobSettings) -> tuple[durable_files.Checkpoint | None, list[str]]:
@@ -955,6 +1019,17 @@ class Coordinator:
                     break
                 self.state.cond.wait(0.5)
             return self.state.job_state
+
+    def wait_checkpoints(self, timeout_s: float = 120.0) -> None:
+        """After the job ended: waits (bounded) until no durable checkpoint is being written, so the
+        last one is complete before the agents go (they stay while heartbeats say one is pending)."""
+        deadline = time.monotonic() + timeout_s
+        with self.state.cond:
+            while self.state.checkpoint_pending() and time.monotonic() < deadline:
+                self.state.cond.wait(0.2)
+                self.state.tick_durable()
+            if self.state.checkpoint_pending():
+                log.warning("the last durable checkpoint was not complete within %.0f s of the job's end", timeout_s)
 
     def linger(self, timeout_s: float = 15.0) -> None:
         """After the job ended, keeps serving until every live agent has heartbeated once more

@@ -124,6 +124,7 @@ class LocalLauncher:
 
     def _drain(self) -> int:
         state = self.coordinator.state.job_state
+        self.coordinator.wait_checkpoints()  # the last durable checkpoint first (agents stay for it)
         deadline = time.monotonic() + 20.0
         for agent in self.agents:
             if agent.process.poll() is None:

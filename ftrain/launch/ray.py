@@ -243,6 +243,7 @@ class RayLauncher(LocalLauncher):
 
     def _drain(self) -> int:
         state = self.coordinator.state.job_state
+        self.coordinator.wait_checkpoints()  # the last durable checkpoint first (agents stay for it)
         refs = [ref for i, ref in self._waits.items() if i not in self._reported]
         if refs:
             self.ray.wait(refs, num_returns=len(refs), timeout=20.0)

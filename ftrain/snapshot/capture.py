@@ -31,6 +31,7 @@ from ftrain.snapshot.rebuild import rebuild_blob
 from ftrain.snapshot.transfer import AgentPool
 
 log = logging.getLogger("ftrain.snapshot")
+FULL_COPY = 255  # the shard index of a whole blob kept by its producer's own agent (restart mode)
 COMMIT_WAIT_S = 20.0  # how long a snapshot report may wait at the coordinator for the step's commit
 
 
@@ -93,6 +94,9 @@ class SnapshotEngine:
         self.compression = "none"  # per job (`--compress`); set from the generation's config
         self.last_duration_s = 0.0
         self._copier = lay.SliceCopier()
+        # restart mode: this node's agent (gRPC address) also keeps the whole blob (shard index
+        # FULL_COPY), so a restarted trainer reads it back from there instead of decoding shards
+        self.local_agent = ""
 
     def codec(self, k: int, m: int) -> ReedSolomon:
         if (k, m) not in self._codecs:
@@ -131,11 +135,12 @@ class SnapshotEngine:
         return job.blob.step if job is not None and job.done.is_set() and job.committed else None
 
     def capture(self, step: int, tensors: list[torch.Tensor], layout: lay.StateLayout, meta: dict,
-                keep_step: int | None) -> LocalBlob:
-        """Copies this rank's slice + meta into a free buffer; queues it for coding and shipping."""
+                keep_step: int | None, whole: bool = False) -> LocalBlob:
+        """Copies this rank's slice (`whole`: all of its state, which is its own, e.g. FSDP2 shards)
+        + meta into a free buffer; queues it for coding and shipping."""
         placement = self.placement
         assert placement is not None, "configure() first"
-        start, end = lay.slice_bounds(layout.total, placement.world_size, placement.rank)
+        start, end = (0, layout.total) if whole else lay.slice_bounds(layout.total, placement.world_size, placement.rank)
         meta = dict(meta, total=layout.total, slice=(start, end), layout=layout.manifest)
         meta_bytes = lay.encode_meta(meta)
         size = lay.blob_size(end - start, len(meta_bytes))
@@ -261,6 +266,9 @@ class SnapshotEngine:
         # a deadline scaled to the shard (>= 50 MB/s): an unreachable (partitioned) agent must not hold
         # the pipeline for long; the coordinator finds the node dead and the generation moves on
         deadline = 5.0 + length / 50e6
+        if self.local_agent:  # restart mode: a whole copy on this node's agent outlives this process
+            self.agents.put_shard(self.local_agent, blob.blob_id, FULL_COPY, blob.step, blob.buffer[:blob.size],
+                                  blob_crc, b"", deadline)
         if len(placement.targets) == 1:  # one target (2 nodes): no hand-off to the pool
             self.agents.put_shard(placement.targets[0][1], blob.blob_id, 0, blob.step, shards[0], crcs[0],
                                   info_bytes, deadline)
@@ -287,6 +295,17 @@ class SnapshotEngine:
                 log.debug("commit of step %d not confirmed by the worker: %s", blob.step, error)
 
     # -- restore -----------------------------------------------------------------------------
+    def fetch_full_copy(self, info: pb.BlobInfo, address: str) -> np.ndarray | None:
+        """The whole blob from its producer's agent (restart mode), checked; None when that agent
+        does not have it (or cannot be reached)."""
+        assert self.agents is not None
+        try:
+            return self.agents.get_shard(address, info.blob_id, FULL_COPY, info.crc32, timeout=10.0 + info.raw_size / 50e6)
+        except (grpc.RpcError, OSError) as error:  # ShardCorrupted and data-plane errors are OSErrors
+            log.info("no whole copy of blob %s on its producer's agent (%s); rebuilding it from shards",
+                     info.blob_id, str(error)[:120])
+            return None
+
     def fetch(self, info: pb.BlobInfo, live_nodes: set[str] | None = None) -> np.ndarray:
         """Rebuilds a blob from any k good shards on the agents (ftrain.snapshot.rebuild); shards
         on `live_nodes` (the current generation's members) are read first. Raises SnapshotLost."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ftrain import metrics
-from ftrain.config import FaultSpec, TrainerEnv, parse_fault
+from ftrain.config import ConfigError, FaultSpec, TrainerEnv, parse_fault
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import layout as lay
 from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
@@ -73,7 +73,14 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Traceback
         sys.stderr = sys.__stderr__
     if issubclass(exc_type, JobFailed):
         log.info("rank %d: the job failed: %s", session.rank, exc)
-    elif exc_type.__module__.startswith("ftrain."):  # ftrain's own error (coordinator unreachable...)
+    elif session.recovery == "restart" and (session._moved.is_set() or _is_distributed_error(exc)):
+        # restart mode: the script's own collective failed because a peer was lost: a fault, not a bug.
+        # Every trainer is restarted; this one only says so first
+        log.warning("rank %d: %s: %s; waiting to be restarted", session.rank, exc_type.__name__, short_reason(str(exc)))
+        session._report_failure(f"{exc_type.__name__}: {exc}")
+        session._await_restart()
+    elif exc_type.__module__.startswith("ftrain.") and not issubclass(exc_type, ConfigError):
+        # ftrain's own error (coordinator unreachable...); a ConfigError is the script's doing (reported)
         print(f"ftrain: rank {session.rank}: {exc_type.__name__}: {exc}", file=sys.stderr)
     else:
         print_traceback, step = session._report_user_error(exc)
@@ -88,6 +95,16 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Traceback
         except (OSError, ValueError):
             pass
     os._exit(1)
+
+
+def _is_distributed_error(error: BaseException) -> bool:
+    """A failed collective or rendezvous of torch.distributed (gloo/NCCL: a peer went away)."""
+    dist_error = getattr(torch.distributed, "DistError", None)
+    if dist_error is not None and isinstance(error, dist_error):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(marker in text for marker in (
+        "Connection closed by peer", "Connection reset by peer", "gloo/transport", "ProcessGroupGloo", "NCCL error"))
 
 
 def _at_exit() -> None:
@@ -107,6 +124,24 @@ def _install_hooks(session: "Session") -> None:
     if first:
         sys.excepthook = _excepthook
         atexit.register(_at_exit)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2: this rank's part, captured by its owner); others as they are."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) and hasattr(tensor, "placements") else tensor
+
+
+def _placements(model_state: dict[str, Any], optimizer_state: dict[Any, Any]) -> dict[str, str]:
+    """name -> 'mesh shape / placements / global shape' of every DTensor in the state."""
+    out = {}
+    named = [(f"model/{n}", t) for n, t in model_state.items()]
+    named += [(f"optim/{pid}/{k}", v) for pid, entry in optimizer_state.items() for k, v in entry.items()]
+    for name, tensor in named:
+        if hasattr(tensor, "placements") and hasattr(tensor, "device_mesh"):
+            out[name] = f"mesh {tuple(tensor.device_mesh.shape)} / {tuple(str(p) for p in tensor.placements)} / " \
+                        f"global {tuple(tensor.shape)}"
+    return out
 
 
 def _rng_state() -> dict[str, Any]:
@@ -146,11 +181,18 @@ class Session:
             raise TypeError(f"ftrain.init: model must be a torch.nn.Module; got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"ftrain.init: optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # a torchrun-style script (`ftrain launch --recovery restart`) made its own default group and
+        # may wrap its own DDP / FSDP2: ftrain then adopts that group and leaves the gradients to it
+        self._user_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not self._user_group:
             raise TypeError("ftrain.init: got a DistributedDataParallel module; pass the plain module "
-                            "(session.model averages gradients as DDP does)")
+                            "(session.model averages gradients as DDP does), or build your own DDP after "
+                            "dist.init_process_group() under `ftrain launch --recovery restart`")
         if dataset is not None:
             check_dataset(dataset)
+        wrapped = model
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
         self.module = model
         self.optimizer = optimizer
         self.seed = seed
@@ -174,9 +216,11 @@ class Session:
         self._async: Any = None  # the AsyncWorker while the job runs --mode async
         self.snapshot_every = snapshot_every or 1
         self._group: collectives.Group | None = None
-        self.reducer = Reducer(list(model.parameters()), bucket_cap_mb)
+        # with the script's own group its DDP / FSDP2 reduces the gradients: no hooks of ftrain's
+        self.reducer = Reducer([] if self._user_group else list(model.parameters()), bucket_cap_mb)
         self.reducer.on_error = lambda _: collectives.install_discarded_group(self.rank, self.world_size)
-        self.model: torch.nn.Module = DistributedModule(model, self.reducer)
+        self.model: torch.nn.Module = wrapped if self._user_group else DistributedModule(model, self.reducer)
+        self.recovery = "inprocess"  # the job's recovery mode (from the generation's config)
         self._high_water = 0  # one past the highest step whose loop body has run
         self._compute_start = self._comm_before = 0.0
         self._faults: list[FaultSpec] = []
@@ -211,7 +255,11 @@ class Session:
             self._start_local()
             return
         timeout = connect_timeout_s or float(os.environ.get("FTRAIN_CONNECT_TIMEOUT", "30"))
-        self.trainer_uid = f"{self.env.node_id}/{self.env.local_rank}/{os.getpid()}"
+        # restart mode: the agent joined the generation for this process before starting it (torchrun's
+        # variables had to be set first); the process takes over that identity
+        self.trainer_uid = os.environ.get("FTRAIN_TRAINER_UID") or f"{self.env.node_id}/{self.env.local_rank}/{os.getpid()}"
+        if os.environ.get("FTRAIN_TRAINER_UID") and os.environ.get("FTRAIN_GENERATION", "").isdigit():
+            self.generation = int(os.environ["FTRAIN_GENERATION"]) - 1
         self.client = CoordinatorClient(self.env, connect_timeout_s=timeout)
         _install_hooks(self)
         self.agents = AgentPool(self.env.token, self.env.job_id)
@@ -461,7 +509,7 @@ class Session:
     def _replicated(self) -> tuple[list[tuple[str, torch.Tensor]], dict]:
         """The state every rank holds alike (parameters, optimizer state), captured 1/N per rank.
         Buffers are per rank under DDP semantics (each forward starts from rank 0's): see _meta."""
-        tensors = [(f"model/{name}", t) for name, t in self.module.state_dict().items()
+        tensors = [(f"model/{name}", _local(t)) for name, t in self.module.state_dict().items()
                    if name not in self._buffer_names]
         opt = self.optimizer.state_dict()
         opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
@@ -470,11 +518,13 @@ class Session:
             for key in sorted(opt["state"][pid]):
                 value = opt["state"][pid][key]
                 if isinstance(value, torch.Tensor):
-                    tensors.append((f"optim/{pid}/{key}", value))
+                    tensors.append((f"optim/{pid}/{key}", _local(value)))
                     entry[key] = None
                 else:
                     entry[key] = value
             opt_meta["state"][pid] = entry
+        if self._user_group:  # sharded (FSDP2) state: how each DTensor is laid out, checked at restore
+            opt_meta["placements"] = _placements(self.module.state_dict(), opt["state"])
         return tensors, opt_meta
 
     def _layout(self, named: list[tuple[str, torch.Tensor]]) -> lay.StateLayout:
@@ -488,6 +538,7 @@ class Session:
     def _meta(self, opt_meta: dict) -> dict:
         return {
             "step": self.step, "generation": self.generation, "rank": self.rank, "world_size": self.world_size,
+            "whole": self._user_group,  # all of this rank's state (its own shards), not a 1/N slice
             "optimizer": opt_meta, "sampler": self.sampler.state_dict() if self.sampler else None,
             "rng": _rng_state(),
             "registered": {name: obj.state_dict() for name, obj in self.registered.items()},
@@ -513,7 +564,8 @@ class Session:
         if self._compute_n:
             self._report_extras[self.step] = (self._compute_s / self._compute_n, self._compute_n)
         self._compute_s, self._compute_n = 0.0, 0
-        self.engine.capture(self.step, [t for _, t in named], layout, self._meta(opt_meta), keep_step=self._committed_step)
+        self.engine.capture(self.step, [t for _, t in named], layout, self._meta(opt_meta), keep_step=self._committed_step,
+                            whole=self._user_group)
         self._last_capture = self.step
         self.stats["captures"] += 1
         self._last_stall_s = time.perf_counter() - started
@@ -586,7 +638,17 @@ class Session:
             return True, step
         return bool(verdict.print_traceback), step
 
+    def _await_restart(self) -> None:
+        """Restart mode: a failed step is not redone in this process; its agent kills and restarts
+        every trainer (ordered by the coordinator within a heartbeat). Bounded: exit after 120 s."""
+        log.info("rank %d: waiting for the agent to restart this trainer into the next generation", self.rank)
+        if not self._closed.wait(120.0):
+            log.error("rank %d: not restarted within 120 s of the failure; exiting", self.rank)
+        os._exit(1)
+
     def _recover(self, first: bool, pending: pb.GenerationAssignment | None = None) -> None:
+        if not first and self.recovery == "restart":
+            self._await_restart()
         if not first:
             self.stats["recoveries"] += 1
         while True:
@@ -627,11 +689,16 @@ class Session:
             self._store = collectives.connect_store(a.store_address, max(30.0, timeout_s))
             self._store_address = a.store_address
         bind_host = os.environ.get("FTRAIN_BIND_HOST", "127.0.0.1")
-        pg = collectives.install_default_group(self._store, self._env.job_id, a.generation, a.rank, a.world_size,
-                                               timeout_s, bind_host, self.use_cuda)
+        self.recovery = config.recovery or "inprocess"
+        if self._user_group:
+            pg = self._adopt_default_group(a)
+        else:
+            pg = collectives.install_default_group(self._store, self._env.job_id, a.generation, a.rank, a.world_size,
+                                                   timeout_s, bind_host, self.use_cuda)
         self._group = collectives.Group(pg, self._moved.is_set)
         self.reducer.set_group(self._group)
         self.engine.configure(a.generation, a.rank, a.world_size, self._members, config.ec_k, config.ec_m)
+        self.engine.local_agent = os.environ.get("FTRAIN_AGENT_ADDRESS", "") if self.recovery == "restart" else ""
         self.engine.compression = config.compress or "none"
         self._last_capture = None
         self._inject_faults(entering_generation=a.generation)  # `@gen=G`: a failure during recovery
@@ -645,6 +712,20 @@ class Session:
         if self.on_generation is not None:
             self.on_generation(self)
 
+    def _adopt_default_group(self, a: pb.GenerationAssignment) -> Any:
+        """The script's own default group (made from the environment ftrain's agent set, as torchrun
+        would), checked against the generation ftrain formed."""
+        dist = torch.distributed
+        if self.recovery != "restart":
+            raise ConfigError("ftrain.init: the script called dist.init_process_group() itself; that needs "
+                              "`ftrain launch --recovery restart` (trainers then get torchrun's RANK, WORLD_SIZE, "
+                              "MASTER_ADDR, MASTER_PORT). Without it, leave the process group to ftrain.init")
+        if (dist.get_rank(), dist.get_world_size()) != (a.rank, a.world_size):
+            raise ConfigError(f"ftrain.init: dist.init_process_group() made this process rank {dist.get_rank()} of "
+                              f"{dist.get_world_size()}, but ftrain's generation {a.generation} has it as rank {a.rank} "
+                              f"of {a.world_size}: initialize from the environment (env://, no rank=/world_size=)")
+        return dist.group.WORLD
+
     def _seed(self) -> None:
         random.seed(self.seed + self.rank)
         np.random.seed((self.seed + self.rank) % 2**32)
@@ -654,33 +735,114 @@ class Session:
         """Nobody has trained yet: everyone starts from rank 0's initial state (parameters and
         buffers, as DDP's constructor does), then commits step 0."""
         assert self._group is not None
-        for tensor in self.module.state_dict().values():
-            self._group.broadcast(tensor, 0, "initial state broadcast")
-        for name, tensor in self._replicated()[0]:
-            if name.startswith("optim/"):
-                self._group.broadcast(tensor, 0, "initial optimizer state broadcast")
+        if not self._user_group:  # the script's own DDP / FSDP2 set up its initial state itself, as under torchrun
+            for tensor in self.module.state_dict().values():
+                self._group.broadcast(tensor, 0, "initial state broadcast")
+            for name, tensor in self._replicated()[0]:
+                if name.startswith("optim/"):
+                    self._group.broadcast(tensor, 0, "initial optimizer state broadcast")
         self.step = 0
         if self.sampler is not None:
             self.sampler.epoch, self.sampler.cursor = 0, 0
         self._seed()
         self._capture_and_wait()
 
+    def _blob_bytes(self, a: pb.GenerationAssignment, info: pb.BlobInfo) -> np.ndarray:
+        """One blob of the restore step: from a durable checkpoint file, this process's memory, or
+        rebuilt from k of its shards on the agents."""
+        local: LocalBlob | None = self.engine.blobs.get(a.restore_step)
+        if info.path:  # a durable checkpoint (--resume): the file, checked against its manifest
+            try:
+                return durable.read_part(info.path, info.size, info.crc32)
+            except durable.CheckpointError as error:
+                raise SnapshotLost(f"checkpoint file unusable: {error}") from error
+        if local is not None and local.blob_id == info.blob_id:
+            return local.buffer[:local.size]
+        producer = next((m.address for m in self._members if m.node_id == info.producer_node), "")
+        if self.recovery == "restart" and producer:
+            whole = self.engine.fetch_full_copy(info, producer)  # on the producer's agent (usually this node's)
+            if whole is not None:
+                self.stats["full_copy_restores"] = self.stats.get("full_copy_restores", 0) + 1
+                return whole
+        return self.engine.fetch(info, live_nodes={m.node_id for m in self._members})
+
+    def _restore_own(self, a: pb.GenerationAssignment) -> None:
+        """The script's own DDP / FSDP2 (restart mode): each rank captured all of its state (its own
+        shards), so each rank restores its own blob, in place, after checking the sharding matches."""
+        mine = [info for info in a.restore_blobs if info.producer_rank == self.rank]
+        world = {info.producer_world_size for info in a.restore_blobs}
+        if world != {self.world_size} or len(mine) != 1:
+            raise SnapshotLost(
+                f"the snapshot of step {a.restore_step} was taken by {sorted(world)} rank(s), this generation has "
+                f"{self.world_size}: per-rank (FSDP2) state is restored only at the same world size. Keep it "
+                f"(a replacement node or --spares), or resume it on the same number of ranks")
+        meta, payload = lay.read_blob(self._blob_bytes(a, mine[0]))
+        if not meta.get("whole"):
+            raise SnapshotLost(f"the snapshot of step {a.restore_step} holds replicated slices, not this rank's own "
+                               f"state; it was written by a job that left the process group to ftrain")
+        current = _placements(self.module.state_dict(), self.optimizer.state_dict()["state"])
+        saved = meta["optimizer"].get("placements", {})
+        if {k: v for k, v in saved.items() if k.startswith("model/")} != \
+                {k: v for k, v in current.items() if k.startswith("model/")}:
+            diff = sorted(k for k in set(saved) | set(current) if k.startswith("model/") and saved.get(k) != current.get(k))
+            raise SnapshotLost(f"the sharding differs from the snapshot's: {diff[0]} was {saved.get(diff[0])!r}, "
+                               f"is now {current.get(diff[0])!r} ({len(diff)} tensor(s) differ); build the model, mesh "
+                               f"and fully_shard() calls as the job that wrote it did")
+        entries = tuple(lay.TensorEntry(*e) for e in meta["layout"])
+        flat = lay.assemble(meta["total"], [(0, payload)])
+        views = lay.tensors_from_flat(lay.StateLayout(entries, meta["total"]), flat)
+        with torch.no_grad():
+            for name, tensor in self.module.state_dict().items():
+                if name in self._buffer_names:
+                    continue
+                _local(tensor).copy_(views[f"model/{name}"])
+            for name, value in meta.get("buffers", {}).items():
+                _local(self.module.state_dict()[name]).copy_(value)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        state: dict[Any, dict[str, Any]] = {}
+        for pid, entry in meta["optimizer"]["state"].items():
+            param = params[pid]
+            state[pid] = {}
+            for key, value in entry.items():
+                if value is not None:
+                    state[pid][key] = value
+                    continue
+                local = views[f"optim/{pid}/{key}"].clone()
+                if f"optim/{pid}/{key}" in saved and hasattr(param, "placements"):
+                    from torch.distributed.tensor import DTensor
+
+                    local = DTensor.from_local(local, param.device_mesh, param.placements, run_check=False,
+                                               shape=param.shape, stride=param.stride())
+                state[pid][key] = local
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        self._restore_common(a, meta, meta)
+
+    def _restore_common(self, a: pb.GenerationAssignment, first_meta: dict, own_meta: dict) -> None:
+        """RNG, registered objects, data position and step: the same for either kind of restore."""
+        _set_rng_state(own_meta["rng"])
+        self._restored_registered = dict(own_meta["registered"])
+        for name, obj in self.registered.items():
+            if name in self._restored_registered:
+                obj.load_state_dict(self._restored_registered.pop(name))
+        if self.sampler is not None and first_meta["sampler"] is not None:
+            self.sampler.load_state_dict(first_meta["sampler"])
+        self.step = a.restore_step
+        if not self._joined:
+            self.resumed_from = a.restore_step
+        self._committed_step = a.restore_step
+        mine = self.engine.blobs.get(a.restore_step)
+        self.engine.keep_only(a.restore_step if mine is not None and mine.blob_id in
+                              {b.blob_id for b in a.restore_blobs if b.producer_trainer == self.trainer_uid} else None)
+
     def _restore(self, a: pb.GenerationAssignment) -> None:
         assert self._group is not None
+        if self._user_group:
+            self._restore_own(a)
+            return
         blobs: dict[int, tuple[dict, np.ndarray]] = {}
         for info in sorted(a.restore_blobs, key=lambda b: b.producer_rank):
             if info.source_rank == self.rank:
-                local: LocalBlob | None = self.engine.blobs.get(a.restore_step)
-                if info.path:  # a durable checkpoint (--resume): the file, checked against its manifest
-                    try:
-                        data = durable.read_part(info.path, info.size, info.crc32)
-                    except durable.CheckpointError as error:
-                        raise SnapshotLost(f"checkpoint file unusable: {error}") from error
-                elif info.source_holds_local and local is not None and local.blob_id == info.blob_id:
-                    data = local.buffer[:local.size]
-                else:
-                    data = self.engine.fetch(info, live_nodes={m.node_id for m in self._members})
-                tensor = torch.from_numpy(np.ascontiguousarray(data))
+                tensor = torch.from_numpy(np.ascontiguousarray(self._blob_bytes(a, info)))
             else:
                 tensor = torch.empty(info.raw_size or info.size, dtype=torch.uint8)
             self._group.broadcast(tensor, info.source_rank, f"restore of {info.blob_id}")
@@ -702,20 +864,7 @@ class Session:
             state[pid] = {key: (views[f"optim/{pid}/{key}"].clone() if value is None else value)
                           for key, value in entry.items()}
         self.optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
-        _set_rng_state(own[0]["rng"])
-        self._restored_registered = dict(own[0]["registered"])
-        for name, obj in self.registered.items():
-            if name in self._restored_registered:
-                obj.load_state_dict(self._restored_registered.pop(name))
-        if self.sampler is not None and first_meta["sampler"] is not None:
-            self.sampler.load_state_dict(first_meta["sampler"])
-        self.step = a.restore_step
-        if not self._joined:
-            self.resumed_from = a.restore_step
-        self._committed_step = a.restore_step
-        mine = self.engine.blobs.get(a.restore_step)
-        self.engine.keep_only(a.restore_step if mine is not None and mine.blob_id in
-                              {b.blob_id for b in a.restore_blobs if b.producer_trainer == self.trainer_uid} else None)
+        self._restore_common(a, first_meta, own[0])
 
     # -- watcher and faults ------------------------------------------------------------------
     def _start_pulse(self) -> None:

@@ -83,7 +83,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ..., checkpoint_results: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders")
+    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders", "checkpoint_pending")
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     MIN_RETAINED_STEP_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class HeartbeatResponse(_message.Message):
     SLOT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ORDERS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PENDING_FIELD_NUMBER: _ClassVar[int]
     job_state: str
     min_retained_step: int
     commands: _containers.RepeatedScalarFieldContainer[str]
@@ -100,7 +101,8 @@ class HeartbeatResponse(_message.Message):
     slot: int
     generation: int
     checkpoint_orders: _containers.RepeatedCompositeFieldContainer[CheckpointOrder]
-    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ...) -> None: ...
+    checkpoint_pending: bool
+    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ...) -> None: ...
 
 class CheckpointOrder(_message.Message):
     __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep")
@@ -159,7 +161,7 @@ class TrainerExit(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., will_restart: _Optional[bool] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress")
+    __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress", "recovery")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODES_FIELD_NUMBER: _ClassVar[int]
     MIN_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +173,7 @@ class JobConfig(_message.Message):
     INJECT_FIELD_NUMBER: _ClassVar[int]
     COLLECTIVE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     COMPRESS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     target_nodes: int
     min_nodes: int
@@ -182,7 +185,8 @@ class JobConfig(_message.Message):
     inject: _containers.RepeatedScalarFieldContainer[str]
     collective_timeout_s: float
     compress: str
-    def __init__(self, job_id: _Optional[str] = ..., target_nodes: _Optional[int] = ..., min_nodes: _Optional[int] = ..., snapshot_every: _Optional[int] = ..., ec_k: _Optional[int] = ..., ec_m: _Optional[int] = ..., mode: _Optional[str] = ..., strategy: _Optional[str] = ..., inject: _Optional[_Iterable[str]] = ..., collective_timeout_s: _Optional[float] = ..., compress: _Optional[str] = ...) -> None: ...
+    recovery: str
+    def __init__(self, job_id: _Optional[str] = ..., target_nodes: _Optional[int] = ..., min_nodes: _Optional[int] = ..., snapshot_every: _Optional[int] = ..., ec_k: _Optional[int] = ..., ec_m: _Optional[int] = ..., mode: _Optional[str] = ..., strategy: _Optional[str] = ..., inject: _Optional[_Iterable[str]] = ..., collective_timeout_s: _Optional[float] = ..., compress: _Optional[str] = ..., recovery: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("trainer_uid", "node_id", "local_rank", "known_generation", "wait_s")
