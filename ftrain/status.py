@@ -185,7 +185,9 @@ def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
     if s.get("message"):
         head += f": {s['message']}"
     lines.append(_cut(head, width))
-    lines.append(_cut(f"mode {s.get('mode', '?')}  codec {codec_text(s)}  uptime {s.get('uptime_s', 0):.0f} s", width))
+    recovery = f" ({s['recovery']} recovery)" if s.get("recovery") and s.get("mode") != "async" else ""
+    lines.append(_cut(f"mode {s.get('mode', '?')}{recovery}  codec {codec_text(s)}  uptime {s.get('uptime_s', 0):.0f} s",
+                      width))
     lines.append(_cut(ec_line(s), width))
     lines += [_cut(line, width) for line in aggregator_lines(s)]
     pending = "  (re-forming)" if s.get("pending_generation") else ""

@@ -610,6 +610,7 @@ class CoordinatorState:
                 "last_committed_step": self.catalog.newest_committed,
                 "committed_steps": self.catalog.committed_steps,
                 "mode": self.settings.mode,
+                "recovery": self.settings.recovery,
                 "ec": str(self.settings.ec),  # requested; ec_effective is what runs
                 "ec_effective": self.effective_ec(),
                 "codec_backends": dict(sorted(collections.Counter(
@@ -863,7 +864,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if s.failure_since is not None:
             duration = now - s.failure_since
             s.metrics.recovery_duration.observe(duration)
-            s.event("recovered", f"step {step} committed {duration:.2f} s after the failure", recovery_s=round(duration, 3))
+            # phases: until the new generation formed (detection, restarts in restart mode, rendezvous),
+            # then restore and the first step(s) to this commit
+            formed = max(0.0, min(duration, s.formed_at - s.failure_since))
+            s.event("recovered", f"step {step} committed {duration:.2f} s after the failure (generation formed after "
+                                 f"{formed:.2f} s, restore and first step {duration - formed:.2f} s)",
+                    recovery_s=round(duration, 3), formed_s=round(formed, 3), restore_s=round(duration - formed, 3),
+                    recovery_mode=s.settings.recovery)
             s.failure_since = None
         s.cond.notify_all()
 
