@@ -50,7 +50,7 @@ JOB = str(Path(__file__).resolve().parent / "step_overhead_job.py")
 ROOT = str(Path(__file__).resolve().parent.parent)
 sys.path.insert(0, ROOT)
 
-from ftrain.snapshot import durable
+from ftrain.snapshot import durable  # noqa: E402 (after the sys.path line above)
 
 MIB = 2**20
 

@@ -39,8 +39,8 @@ def run_ftrain(nodes: int, steps: int, kill_step: int, dim: int, workdir: Path, 
                                                "--dim", str(dim)], replace_delay_s=1.0, agent_output=log,
                                  spares=spares)
 
-        def tick(l: LocalLauncher) -> None:
-            progress.append((time.time(), l.coordinator.state.catalog.newest_committed))
+        def tick(running: LocalLauncher) -> None:
+            progress.append((time.time(), running.coordinator.state.catalog.newest_committed))
 
         code = launcher.run(on_tick=tick)
     events = list(launcher.coordinator.state.events)
