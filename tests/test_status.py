@@ -169,3 +169,12 @@ def test_durable_tier_line() -> None:
     fresh = dict(base, checkpoint={"dir": "/c", "last_step": -1, "in_flight_step": None, "last_problem": ""})
     assert [line for line in format_status(fresh).splitlines() if line.startswith("durable")] == \
         ["durable: no checkpoint written yet in /c"]
+
+
+@pytest.mark.timeout(30)
+def test_snapshot_memory_line() -> None:
+    members = [{"node": "node0", "alive": True, "shard_bytes": 3 * 2**20},
+               {"node": "node1", "alive": True, "shard_bytes": 5 * 2**20},
+               {"node": "node2", "alive": False, "shard_bytes": 9 * 2**20}]  # a dead node's memory is gone
+    text = format_status({"job_id": "j", "state": "running", "members": members, "events": []})
+    assert "snapshot memory on the agents: 8.0 MiB (most: 5.0 MiB on node1)" in text.splitlines()

@@ -94,6 +94,7 @@ class CoordinatorState:
         self.held_shards: dict[tuple[str, int], BlobRecord] = {}  # reported by re-registering agents
         self.metrics_endpoints: dict[str, str] = {}  # node -> its agent's /metrics host:port
         self.codec_backends: dict[str, str] = {}  # node -> the erasure codec backend its agent reported
+        self.shard_bytes: dict[str, int] = {}  # node -> bytes of snapshot shards its agent holds (heartbeats)
         self.events_sink: IO[str] | None = None  # --events-file: one flushed JSON line per event
         self.aggregator: Any = None  # async mode: ftrain.aggregate.server.AggregatorService on this server
         self._last_commit: tuple[int, int, float] | None = None  # (generation, step, time): step duration
@@ -598,6 +599,7 @@ class CoordinatorState:
                     "step": self._node_step(node.node_id, reported) if node.alive else reported,
                     "metrics": self.metrics_endpoints.get(node.node_id, ""),
                     "codec": self.codec_backends.get(node.node_id, ""),
+                    "shard_bytes": self.shard_bytes.get(node.node_id, 0),
                 })
             return {
                 "job_id": self.settings.job_id,
@@ -678,6 +680,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 return pb.HeartbeatResponse(job_state=s.job_state, known=False, message="unknown node: re-register")
             s.last_seen[request.node_id] = s.clock()
             s.trainers[request.node_id] = list(request.trainers)
+            s.shard_bytes[request.node_id] = request.shard_bytes
             s.checkpoint_results(request.node_id, request.checkpoint_results)
             commands = s.commands.pop(request.node_id, [])
             orders = s.checkpoint_orders.pop(request.node_id, [])
