@@ -106,7 +106,25 @@ class LocalLauncher:
         finally:
             self.shutdown()
 
+    def _fence_dead_nodes(self) -> None:
+        """A node the coordinator declared dead whose agent process is still there (frozen, say:
+        SIGSTOP, a hung machine) is fenced: its whole process group is killed, so it can never come
+        back into an old generation, and it is replaced like any lost node."""
+        with self.coordinator.state.cond:
+            nodes = self.coordinator.state.membership.nodes
+            dead = {node_id for node_id, node in nodes.items() if not node.alive}
+        for agent in self.agents:
+            if agent.node_id in dead and agent.process.poll() is None and not getattr(agent, "fenced", False):
+                agent.fenced = True  # type: ignore[attr-defined]
+                log.warning("node %s was declared dead but its agent still runs: fencing it (SIGKILL to its "
+                            "process group)", agent.node_id)
+                try:
+                    os.killpg(agent.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def _watch_agents(self) -> None:
+        self._fence_dead_nodes()
         now = time.monotonic()
         for agent in list(self.agents):
             code = agent.process.poll()
