@@ -132,6 +132,7 @@ def install_default_group(store: TCPStore, job_id: str, generation: int, rank: i
                               f"{short_reason(str(error))}") from None
     group = dist.group.WORLD
     assert group is not None
+    _mark_ours()
     return group
 
 
@@ -141,6 +142,24 @@ def install_single_process_group() -> None:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+        _mark_ours()
+
+
+_OURS: set[int] = set()  # ids of the default groups ftrain installed (the script's own are not among them)
+
+
+def _mark_ours() -> None:
+    import torch.distributed as dist
+
+    if dist.group.WORLD is not None:
+        _OURS.add(id(dist.group.WORLD))
+
+
+def script_owns_default_group() -> bool:
+    """True when the script made the default group itself (torchrun style), not ftrain."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and id(dist.group.WORLD) not in _OURS
 
 
 class Group:
@@ -208,6 +227,7 @@ def install_discarded_group(rank: int, world_size: int) -> None:
         _discarded_backend_registered.append(True)
     retire_default_group()
     dist.init_process_group(dist.Backend.FAKE, store=torch.distributed.HashStore(), rank=rank, world_size=world_size)
+    _mark_ours()
 
 
 _discarded_backend_registered: list[bool] = []

@@ -183,7 +183,7 @@ class Session:
             raise TypeError(f"ftrain.init: optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
         # a torchrun-style script (`ftrain launch --recovery restart`) made its own default group and
         # may wrap its own DDP / FSDP2: ftrain then adopts that group and leaves the gradients to it
-        self._user_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self._user_group = collectives.script_owns_default_group()
         if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not self._user_group:
             raise TypeError("ftrain.init: got a DistributedDataParallel module; pass the plain module "
                             "(session.model averages gradients as DDP does), or build your own DDP after "
