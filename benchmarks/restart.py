@@ -187,7 +187,7 @@ def run_ftrain(mode: str, mib: float, args: argparse.Namespace, env: dict[str, s
         failure = next(e for e in events
                        if e["kind"] in ("failure", "collective-failed") and e["time"] >= inject["time"])
         generation = next(e for e in events if e["kind"] == "generation" and e["time"] >= failure["time"])
-        recovered = next(e for e in events if e["kind"] == "recovered")
+        recovered = next(e for e in events if e["kind"] == "recovered" and e["time"] >= failure["time"])
     except StopIteration:
         raise JobFailed(f"{mode} {mib:g} MiB: events missing in {events_path}: "
                         f"{[e['kind'] for e in events]}") from None
@@ -201,8 +201,11 @@ def run_ftrain(mode: str, mib: float, args: argparse.Namespace, env: dict[str, s
                    if e["kind"] == "generation" and failure["time"] <= e["time"] <= recovered["time"]]
     later_failures = [e["message"] for e in events if e["kind"] in ("failure", "collective-failed")
                       and generation["time"] < e["time"] < recovered["time"]]
+    # failures before the injected one (none expected): the figures are still the injected fault's
+    earlier = [e["message"] for e in events if e["kind"] in ("failure", "collective-failed")
+               and e["time"] < inject["time"]]
     return {"recovery": recovered["recovery_s"], "detection": failure["time"] - inject["time"],
-            "generations": len(generations), "later_failures": later_failures,
+            "generations": len(generations), "later_failures": later_failures, "earlier_failures": earlier,
             "restart": generation["time"] - since, "restore": recovered["time"] - generation["time"],
             "lost": args.kill_step - generation["restore_step"],
             "back": back_at(marks, args.kill_step, inject["time"], inject["time"]),
@@ -326,6 +329,10 @@ def main() -> None:
                     print(f"  FAILED {LABELS[mode]} {mib:g} MiB (see the end)", flush=True)
                     continue
                 results.setdefault((mode, mib), []).append(result)
+                if result.get("earlier_failures"):
+                    notes.append(f"round {round_index + 1}, {LABELS[mode]}, {mib:g} MiB ({result['job']}): "
+                                 f"{len(result['earlier_failures'])} failure(s) before the injected fault (each "
+                                 f"recovered; not in the figures): {'; '.join(result['earlier_failures'])}")
                 if result.get("generations", 1) > 1:
                     notes.append(f"round {round_index + 1}, {LABELS[mode]}, {mib:g} MiB ({result['job']}): "
                                  f"{result['generations']} generations formed before the first step committed; "
@@ -399,7 +406,8 @@ def main() -> None:
     print(f"\nload average (1 min) before the jobs: min {min(loads, default=0):.1f}, median "
           f"{median(loads):.1f}, max {max(loads, default=0):.1f}; total {time.time() - began:.0f} s")
     if notes:
-        print("\nrecoveries that took more than one generation (their figures above include it):")
+        print("\nunexpected: recoveries that took more than one generation (their figures above include it) and "
+              "failures nobody injected:")
         for note in notes:
             print("  " + note)
     if problems:
