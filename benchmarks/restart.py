@@ -144,7 +144,8 @@ def steps_for(mib: float, args: argparse.Namespace) -> int:
 def breakdown(marks: list[dict], anchor: float, after: float, recovered: float | None) -> dict[str, float]:
     """Seconds per stage in the processes started after `after` (the latest rank at each mark),
     from `anchor` (when those processes were ordered / spawned)."""
-    fresh = [m for m in marks if m["kind"] != "step" and m["t"] > after]
+    until = recovered if recovered is not None else float("inf")  # not the processes of later failures
+    fresh = [m for m in marks if m["kind"] != "step" and after < m["t"] <= until]
     pids = {m["pid"] for m in fresh if m["kind"] == "process"}
     result: dict[str, float] = {}
     previous = anchor
@@ -165,8 +166,8 @@ def breakdown(marks: list[dict], anchor: float, after: float, recovered: float |
 
 
 def back_at(marks: list[dict], kill_step: int, after: float, t0: float) -> float:
-    """The kill -> the first step past the killed one completes (after every rank restored)."""
-    restored = max([m["t"] for m in marks if m["kind"] == "restored" and m["t"] > after], default=after)
+    """The kill -> the first step past the killed one completes (after the first restore since the kill)."""
+    restored = min([m["t"] for m in marks if m["kind"] == "restored" and m["t"] > after], default=after)
     done = [m["t"] for m in marks if m["kind"] == "step" and m["step"] >= kill_step + 1 and m["t"] > restored]
     return min(done) - t0 if done else float("nan")
 
