@@ -60,6 +60,7 @@ class TrainerProcess:
     process: subprocess.Popen | None  # None while restart mode joins its generation before starting it
     restarts: int = 0
     state: str = "running"
+    generation: int = -1  # restart mode: the generation the process was started into
     exit_code: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -212,8 +213,9 @@ class Agent:
             log.warning("node %s evicted by the coordinator; stopping its trainers", self.node_id)
             self._finish("evicted", "evicted by the coordinator")
             return
-        if verb == "restart-trainers":  # restart mode: every trainer starts over in the next generation
-            threading.Thread(target=self._restart_all, name="ftrain-restart", daemon=True).start()
+        if verb == "restart-trainers":  # restart mode: every trainer starts over in generation `arg`
+            threading.Thread(target=self._restart_all, args=(int(arg) if arg.isdigit() else 1 << 62,),
+                             name="ftrain-restart", daemon=True).start()
             return
         with self._lock:
             trainer = self.trainers.get(int(arg)) if arg.isdigit() else None
@@ -235,11 +237,14 @@ class Agent:
             return [sys.executable, *self.command]
         return list(self.command)
 
-    def _restart_all(self) -> None:
-        """Restart mode, on the coordinator's order: kill every running trainer, then start each
-        again once it has its rank in the new generation (not a failure: nothing is reported)."""
+    def _restart_all(self, generation: int) -> None:
+        """Restart mode, on the coordinator's order: kill every trainer running in a generation
+        before `generation`, then start each again once it has its rank in the new generation (not
+        a failure: nothing is reported). A trainer already started (or joining) for `generation` or
+        later, e.g. the one that died and was restarted at once, is left alone."""
         with self._lock:
-            running = [t for t in self.trainers.values() if t.state == "running" and t.process is not None]
+            running = [t for t in self.trainers.values() if t.state == "running" and t.process is not None
+                       and t.generation < generation]
             for trainer in running:
                 trainer.state = "joining"
         for trainer in running:
@@ -294,6 +299,7 @@ class Agent:
             if self.host in ("127.0.0.1", "localhost") and "GLOO_SOCKET_IFNAME" not in os.environ:
                 torchrun["GLOO_SOCKET_IFNAME"] = "lo"  # the script's own gloo group binds where the agent does
             # started by the main thread: a child's PDEATHSIG fires when the *thread* that forked it ends
+            trainer.generation = reply.generation
             self._to_spawn.put((trainer, torchrun))
             return
 

@@ -402,7 +402,7 @@ class CoordinatorState:
         self.restart_ordered = m.number
         nodes = sorted(n.node_id for n in m.nodes.values() if n.alive)
         for node_id in nodes:
-            self.commands[node_id].append("restart-trainers")
+            self.commands[node_id].append(f"restart-trainers:{m.number}")
         self.event("restart", f"restarting every trainer ({', '.join(nodes)}) into generation {m.number}",
                    generation=m.number)
 
@@ -707,8 +707,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 return pb.Ack(ok=False, message=startup)
             if request.exit_code == 0:  # a trainer that finished (or a spare that left): nothing failed
                 return pb.Ack(ok=True)
-            if s.settings.recovery == "restart" and s.membership.pending and s.restart_ordered >= s.membership.number:
-                return pb.Ack(ok=True)  # restart mode: it goes down with the rest, ordered to restart
             how = f"signal {-request.exit_code}" if request.exit_code < 0 else f"exit code {request.exit_code}"
             if s.membership.trainer_failed(request.node_id, request.local_rank, s.clock()) or s.membership.pending:
                 s._record_failure("rank", f"trainer {request.node_id}/{request.local_rank} (pid {request.pid}) died: {how}")

@@ -220,6 +220,9 @@ class Session:
         self.reducer = Reducer([] if self._user_group else list(model.parameters()), bucket_cap_mb)
         self.reducer.on_error = lambda _: collectives.install_discarded_group(self.rank, self.world_size)
         self.model: torch.nn.Module = wrapped if self._user_group else DistributedModule(model, self.reducer)
+        # sharded state (FSDP2 DTensors): each rank captures and restores all of its own; replicated
+        # state (the script's own DDP too) is captured 1/N per rank as usual
+        self._sharded = any(hasattr(t, "placements") for t in model.state_dict().values())
         self.recovery = "inprocess"  # the job's recovery mode (from the generation's config)
         self._high_water = 0  # one past the highest step whose loop body has run
         self._compute_start = self._comm_before = 0.0
@@ -523,7 +526,7 @@ class Session:
                 else:
                     entry[key] = value
             opt_meta["state"][pid] = entry
-        if self._user_group:  # sharded (FSDP2) state: how each DTensor is laid out, checked at restore
+        if self._sharded:  # sharded (FSDP2) state: how each DTensor is laid out, checked at restore
             opt_meta["placements"] = _placements(self.module.state_dict(), opt["state"])
         return tensors, opt_meta
 
@@ -538,7 +541,7 @@ class Session:
     def _meta(self, opt_meta: dict) -> dict:
         return {
             "step": self.step, "generation": self.generation, "rank": self.rank, "world_size": self.world_size,
-            "whole": self._user_group,  # all of this rank's state (its own shards), not a 1/N slice
+            "whole": self._sharded,  # all of this rank's state (its own shards), not a 1/N slice
             "optimizer": opt_meta, "sampler": self.sampler.state_dict() if self.sampler else None,
             "rng": _rng_state(),
             "registered": {name: obj.state_dict() for name, obj in self.registered.items()},
@@ -565,7 +568,7 @@ class Session:
             self._report_extras[self.step] = (self._compute_s / self._compute_n, self._compute_n)
         self._compute_s, self._compute_n = 0.0, 0
         self.engine.capture(self.step, [t for _, t in named], layout, self._meta(opt_meta), keep_step=self._committed_step,
-                            whole=self._user_group)
+                            whole=self._sharded)
         self._last_capture = self.step
         self.stats["captures"] += 1
         self._last_stall_s = time.perf_counter() - started
@@ -836,7 +839,7 @@ class Session:
 
     def _restore(self, a: pb.GenerationAssignment) -> None:
         assert self._group is not None
-        if self._user_group:
+        if self._sharded:
             self._restore_own(a)
             return
         blobs: dict[int, tuple[dict, np.ndarray]] = {}
