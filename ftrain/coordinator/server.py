@@ -106,6 +106,7 @@ class CoordinatorState:
                                           settings.job_id, clock())
         self.checkpoint_orders: dict[str, list[pb.CheckpointOrder]] = collections.defaultdict(list)
         self.new_store: Callable[[], str] | None = None  # restart mode: a fresh rendezvous store per generation
+        self.killed_forming: set[str] = set()  # trainer uids killed for not joining a forming generation
         self.restart_ordered = -1  # restart mode: the pending generation every trainer was ordered to restart into
 
     # -- the durable tier (call with the lock held) ----------------------------------------------
@@ -343,7 +344,11 @@ class CoordinatorState:
         """Ranks without step progress for the hang timeout, and ranks whose process stopped
         pulsing (frozen), are killed and treated as failed."""
         plan = self.plan
-        if plan is None or self.membership.pending or self.job_state != "running":
+        if plan is None or self.job_state != "running":
+            return
+        if self.membership.pending:
+            if self.settings.recovery == "inprocess":  # restart mode: every agent kills its trainers anyway
+                self.check_forming(plan)
             return
         now = self.clock()
         live = [r for r in range(plan.generation.world_size) if r not in self.finished]
@@ -377,6 +382,34 @@ class CoordinatorState:
             self.failure_since = self.clock()
         self.membership.collective_failed(plan.generation.number, self.clock())
         self.cond.notify_all()
+
+    def check_forming(self, plan: GenerationPlan) -> None:
+        """While a generation forms: a member of the previous one that has not joined it and whose
+        process is frozen (no pulse for the pulse timeout), or that has not joined within
+        max(30 s, the hang timeout), is killed; its agent restarts it and the new process joins.
+        The forming generation never waits for it forever."""
+        m = self.membership
+        now = self.clock()
+        pending_for = now - m.pending_since if m.pending_since is not None else 0.0
+        for a in plan.generation.ranks:
+            node = m.nodes.get(a.node_id)
+            if node is None or not node.alive or (a.node_id, a.local_rank) in m.waiting:
+                continue
+            if a.trainer_uid in self.killed_forming or (a.node_id, a.local_rank) in self.lost_trainers:
+                continue
+            silent = now - self.pulse_seen.get(a.trainer_uid, now)
+            if silent >= self.settings.pulse_silent_after_s:
+                why = f"frozen: no pulse from its process for {silent:.0f} s"
+            elif pending_for >= max(30.0, self.settings.hang_timeout_s):
+                why = f"did not join the new generation within {pending_for:.0f} s"
+            else:
+                continue
+            self.killed_forming.add(a.trainer_uid)
+            self.failures += 1
+            self.metrics.failures.labels(kind="hang").inc()
+            self.event("failure", f"rank {a.rank} ({a.node_id}/{a.local_rank}) {why} while generation {m.number} "
+                                  f"forms; killing it", failure_kind="hang", rank=a.rank)
+            self.commands[a.node_id].append(f"kill-trainer:{a.local_rank}")
 
     def node_dead(self, node_id: str, reason: str) -> None:
         if self.membership.node_dead(node_id, self.clock()):
