@@ -5,7 +5,6 @@ torn or corrupted checkpoint is never resumed from; an unwritable directory cost
 a metric, never the training."""
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 from ftrain.snapshot import durable
-from ftrain.train.data import ElasticSampler
+from ledgers import assert_exactly_once
 from procs import REPO, SCRIPTS, free_port, kill_job, new_job_id, run_ftrain, wait_until
 
 pytestmark = pytest.mark.timeout(400)
@@ -48,16 +47,6 @@ def assert_identical(a: dict, b: dict) -> None:
     for key in a["params"]:
         assert torch.equal(a["params"][key], b["params"][key]), f"parameter {key} differs from the uninterrupted run"
     assert a["ledger"] == b["ledger"]
-
-
-def assert_exactly_once(final: dict) -> None:
-    sampler = ElasticSampler(final["samples"], final["batch_size"], seed=7)
-    expected: collections.Counter = collections.Counter()
-    for world in final["world_sizes"]:
-        expected.update(f"{sampler.epoch}:{i}" for part in sampler.global_indices(world) for i in part)
-        sampler.advance(world)
-    assert collections.Counter(final["ledger"]) == expected
-    assert set(final["ledger"].values()) == {1}
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ into an old generation) and replaced; with --no-replace the job shrinks instead.
 ends within a bound, with every sample used exactly once (bit-identical with a replacement)."""
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftrain.train.data import ElasticSampler
+from ledgers import assert_exactly_once
 from procs import REPO, SCRIPTS, kill_job, new_job_id, run_ftrain, wait_until
 
 pytestmark = pytest.mark.timeout(400)
@@ -69,15 +68,6 @@ def run_and_freeze(tmp_path: Path, name: str, *launch_args: str) -> tuple[dict, 
     assert frozen is not None and not os.path.exists(f"/proc/{frozen}/cmdline") or \
         open(f"/proc/{frozen}/stat").read().split()[2] == "Z", "the frozen agent was not fenced"
     return torch.load(out), output, took, [json.loads(line) for line in events.read_text().splitlines()]
-
-
-def assert_exactly_once(final: dict) -> None:
-    sampler = ElasticSampler(final["samples"], final["batch_size"], seed=7)
-    expected: collections.Counter = collections.Counter()
-    for world in final["world_sizes"]:
-        expected.update(f"{sampler.epoch}:{i}" for part in sampler.global_indices(world) for i in part)
-        sampler.advance(world)
-    assert collections.Counter(final["ledger"]) == expected and set(final["ledger"].values()) == {1}
 
 
 def test_a_frozen_agent_is_fenced_and_replaced(tmp_path: Path) -> None:

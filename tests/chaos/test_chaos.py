@@ -9,7 +9,6 @@ and lost steps is printed at the end. The 6-node case is marked slow (run by `-m
 """
 from __future__ import annotations
 
-import collections
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from chaos.conftest import ROWS, params_identical
 from ftrain.snapshot.placement import place_blobs
-from ftrain.train.data import ElasticSampler
+from ledgers import assert_exactly_once
 from procs import SCRIPTS, new_job_id, run_ftrain
 
 pytestmark = pytest.mark.timeout(300)
@@ -82,16 +81,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory, nodes: int) -> dict:
         assert result.returncode == 0, result.stdout[-4000:]
         _REFERENCES[nodes] = final
     return _REFERENCES[nodes]
-
-
-def assert_exactly_once(final: dict) -> None:
-    sampler = ElasticSampler(final["samples"], final["batch_size"], seed=7)
-    expected = collections.Counter()
-    for world in final["world_sizes"]:
-        expected.update(f"{sampler.epoch}:{i}" for part in sampler.global_indices(world) for i in part)
-        sampler.advance(world)
-    assert collections.Counter(final["ledger"]) == expected
-    assert set(final["ledger"].values()) == {1}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])

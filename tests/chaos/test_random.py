@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos.conftest import params_identical  # noqa: E402
-from chaos.test_chaos import assert_exactly_once  # noqa: E402
+from ledgers import assert_exactly_once  # noqa: E402
 from procs import REPO, SCRIPTS, job_pids, kill_job, new_job_id  # noqa: E402
 
 NODES = 3
