@@ -70,6 +70,30 @@ def run_ftrain(args: list[str], job_id: str, timeout: float, env: dict[str, str]
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
+def run_torchrun(script: str, args: list[str], out: Path, nproc: int = 2, timeout: float = 240,
+                 teardown_abort_ok: bool = False) -> None:
+    """Runs `torchrun --nproc-per-node N SCRIPT ARGS --out OUT` (gloo on loopback, no ftrain variables),
+    the reference a test compares ftrain with; kills what is left of it. `teardown_abort_ok`: torch
+    2.13 can abort a gloo worker during interpreter teardown, after the script's last line (a GIL race
+    in its destructors): accepted when OUT was written by then."""
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    for key in [k for k in env if k.startswith("FTRAIN_")]:
+        env.pop(key)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+               "127.0.0.1", "--master-port", str(free_port()), script, *args, "--out", str(out)]
+    process = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    ok = process.returncode == 0 or (teardown_abort_ok and out.exists() and "SIGABRT" in output)
+    assert ok, output[-6000:]
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

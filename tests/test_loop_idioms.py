@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from procs import REPO, SCRIPTS, free_port, new_job_id, run_ftrain
+from procs import REPO, SCRIPTS, new_job_id, run_ftrain, run_torchrun
 
 pytestmark = pytest.mark.timeout(400)
 SCRIPT = str(SCRIPTS / "loop_idioms.py")
@@ -27,21 +26,7 @@ SCRIPT = str(SCRIPTS / "loop_idioms.py")
 
 def torchrun(tmp_path: Path, name: str, *args: str, nproc: int = 2) -> dict:
     out = tmp_path / f"{name}.pt"
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    for key in [k for k in env if k.startswith("FTRAIN_")]:
-        env.pop(key)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), SCRIPT, *args, "--out", str(out)]
-    process = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=240)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert process.returncode == 0, output[-6000:]
+    run_torchrun(SCRIPT, list(args), out, nproc)
     return torch.load(out)
 
 

@@ -6,16 +6,12 @@ adopts that group and each rank snapshots its own shards. Compared with plain to
 the same job without the failure (bit-identical)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from procs import REPO, SCRIPTS, free_port, new_job_id, run_ftrain
+from procs import SCRIPTS, new_job_id, run_ftrain, run_torchrun
 
 pytestmark = pytest.mark.timeout(400)
 SCRIPT = str(SCRIPTS / "fsdp2_job.py")
@@ -33,24 +29,7 @@ def launch(tmp_path: Path, name: str, *launch_args: str, nodes: int = 4, script_
 
 def torchrun(tmp_path: Path, name: str, *script_args: str, nproc: int = 4) -> dict:
     out = tmp_path / f"{name}.pt"
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    for key in [k for k in env if k.startswith("FTRAIN_")]:
-        env.pop(key)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), SCRIPT, "--steps", str(STEPS), *script_args,
-               "--out", str(out)]
-    process = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=240)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    # torch 2.13 can abort a gloo worker during interpreter teardown, after the script's last line
-    # (a GIL race in its destructors, seen about once in 10 runs here): the results are written by then
-    assert process.returncode == 0 or (out.exists() and "SIGABRT" in output), output[-6000:]
+    run_torchrun(SCRIPT, ["--steps", str(STEPS), *script_args], out, nproc, teardown_abort_ok=True)
     return torch.load(out)
 
 
