@@ -259,7 +259,7 @@ class Agent:
         """Starts a trainer process: at once, or in restart mode once the coordinator has given it
         its rank (torchrun's variables must be set before the script runs)."""
         if self.recovery != "restart":
-            trainer.process, trainer.started, trainer.state = self._spawn(trainer.local_rank), time.monotonic(), "running"
+            self._run(trainer)
             return
         trainer.state = "joining"
         threading.Thread(target=self._join_and_spawn, args=(trainer,), name=f"ftrain-join-{trainer.local_rank}",
@@ -316,6 +316,9 @@ class Agent:
         env.setdefault("OMP_NUM_THREADS", "1")
         return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)
 
+    def _run(self, trainer: TrainerProcess, extra: dict[str, str] | None = None) -> None:
+        trainer.process, trainer.started, trainer.state = self._spawn(trainer.local_rank, extra), time.monotonic(), "running"
+
     def _spawn_joined(self) -> None:
         """Restart mode (main thread): starts the trainers whose generation their join thread got."""
         while True:
@@ -326,8 +329,7 @@ class Agent:
             with self._lock:
                 if self.job_state != "running" or self._stop.is_set():
                     return
-                trainer.process = self._spawn(trainer.local_rank, torchrun)
-                trainer.started, trainer.state = time.monotonic(), "running"
+                self._run(trainer, torchrun)
 
     def _watch_trainers(self) -> None:
         while True:

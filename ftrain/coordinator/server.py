@@ -114,8 +114,7 @@ class CoordinatorState:
         """The job starts from a durable checkpoint: the first generation restores it (and so does
         any recovery until a newer step is committed in memory)."""
         self.resume = checkpoint
-        if self.durable is not None:
-            self.durable.last_step = checkpoint.step
+        if self.durable is not None:  # due steps count from the resumed one
             self.durable = DurablePlanner(self.durable.settings, self.settings.job_id, self.clock(), checkpoint.step)
         self.metrics.checkpoint_last_step.set(checkpoint.step)
         self.event("resume", f"resuming from the checkpoint of step {checkpoint.step} in {checkpoint.path} "
@@ -194,19 +193,19 @@ class CoordinatorState:
         return min(oldest, flight.step) if flight is not None and oldest >= 0 else oldest
 
     def durable_status(self) -> dict[str, Any] | None:
-        if self.durable is None and self.resume is None:
-            return None
         planner = self.durable
-        last = planner.last_outcome if planner is not None else None
-        return {
-            "dir": planner.settings.dir if planner is not None else "",
-            "every_steps": planner.settings.every_steps if planner is not None else 0,
-            "every_s": planner.settings.every_s if planner is not None else 0.0,
-            "last_step": planner.last_step if planner is not None else -1,
-            "in_flight_step": planner.in_flight.step if planner is not None and planner.in_flight else None,
-            "last_problem": last.detail if last is not None and last.kind != "written" else "",
-            "resumed_from": self.resume.step if self.resume is not None else None,
-        }
+        if planner is None and self.resume is None:
+            return None
+        status: dict[str, Any] = {"dir": "", "every_steps": 0, "every_s": 0.0, "last_step": -1,
+                                  "in_flight_step": None, "last_problem": ""}
+        if planner is not None:
+            last = planner.last_outcome
+            status.update(dir=planner.settings.dir, every_steps=planner.settings.every_steps,
+                          every_s=planner.settings.every_s, last_step=planner.last_step,
+                          in_flight_step=planner.in_flight.step if planner.in_flight else None,
+                          last_problem=last.detail if last is not None and last.kind != "written" else "")
+        status["resumed_from"] = self.resume.step if self.resume is not None else None
+        return status
 
     # -- events ----------------------------------------------------------------------------
     def event(self, kind: str, message: str, **extra: Any) -> None:
@@ -433,7 +432,7 @@ class CoordinatorState:
                 or self.restart_ordered >= m.number):
             return
         self.restart_ordered = m.number
-        nodes = sorted(n.node_id for n in m.nodes.values() if n.alive)
+        nodes = sorted(self._live_nodes())
         for node_id in nodes:
             self.commands[node_id].append(f"restart-trainers:{m.number}")
         self.event("restart", f"restarting every trainer ({', '.join(nodes)}) into generation {m.number}",

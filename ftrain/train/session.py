@@ -512,8 +512,8 @@ class Session:
     def _replicated(self) -> tuple[list[tuple[str, torch.Tensor]], dict]:
         """The state every rank holds alike (parameters, optimizer state), captured 1/N per rank.
         Buffers are per rank under DDP semantics (each forward starts from rank 0's): see _meta."""
-        tensors = [(f"model/{name}", _local(t)) for name, t in self.module.state_dict().items()
-                   if name not in self._buffer_names]
+        model_state = self.module.state_dict()
+        tensors = [(f"model/{name}", _local(t)) for name, t in model_state.items() if name not in self._buffer_names]
         opt = self.optimizer.state_dict()
         opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
         for pid in sorted(opt["state"]):
@@ -527,7 +527,7 @@ class Session:
                     entry[key] = value
             opt_meta["state"][pid] = entry
         if self._sharded:  # sharded (FSDP2) state: how each DTensor is laid out, checked at restore
-            opt_meta["placements"] = _placements(self.module.state_dict(), opt["state"])
+            opt_meta["placements"] = _placements(model_state, opt["state"])
         return tensors, opt_meta
 
     def _layout(self, named: list[tuple[str, torch.Tensor]]) -> lay.StateLayout:
@@ -783,7 +783,8 @@ class Session:
         if not meta.get("whole"):
             raise SnapshotLost(f"the snapshot of step {a.restore_step} holds replicated slices, not this rank's own "
                                f"state; it was written by a job that left the process group to ftrain")
-        current = _placements(self.module.state_dict(), self.optimizer.state_dict()["state"])
+        model_state = self.module.state_dict()
+        current = _placements(model_state, self.optimizer.state_dict()["state"])
         saved = meta["optimizer"].get("placements", {})
         if {k: v for k, v in saved.items() if k.startswith("model/")} != \
                 {k: v for k, v in current.items() if k.startswith("model/")}:
@@ -795,12 +796,11 @@ class Session:
         flat = lay.assemble(meta["total"], [(0, payload)])
         views = lay.tensors_from_flat(lay.StateLayout(entries, meta["total"]), flat)
         with torch.no_grad():
-            for name, tensor in self.module.state_dict().items():
-                if name in self._buffer_names:
-                    continue
-                _local(tensor).copy_(views[f"model/{name}"])
+            for name, tensor in model_state.items():
+                if name not in self._buffer_names:
+                    _local(tensor).copy_(views[f"model/{name}"])
             for name, value in meta.get("buffers", {}).items():
-                _local(self.module.state_dict()[name]).copy_(value)
+                _local(model_state[name]).copy_(value)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         state: dict[Any, dict[str, Any]] = {}
         for pid, entry in meta["optimizer"]["state"].items():
