@@ -40,7 +40,7 @@ def run_ftrain(nodes: int, steps: int, kill_step: int, dim: int, workdir: Path, 
                                  spares=spares)
 
         def tick(running: LocalLauncher) -> None:
-            progress.append((time.time(), running.coordinator.state.catalog.newest_committed))
+            progress.append((time.time(), running.coordinator.state.machine.catalog.newest_committed))
 
         code = launcher.run(on_tick=tick)
     events = list(launcher.coordinator.state.events)

@@ -50,7 +50,7 @@ def main() -> None:
             while not stop.wait(rng.expovariate(1.0 / args.mtbf)):
                 state = launcher.coordinator.state
                 with state.cond:
-                    pids = [t.pid for infos in state.trainers.values() for t in infos if t.state == "running"]
+                    pids = [t.pid for infos in state.machine.trainers.values() for t in infos if t.state == "running"]
                 live = [a for a in launcher.agents if a.process.poll() is None]
                 if rng.random() < 0.5 and pids:
                     pid = rng.choice(pids)
@@ -73,8 +73,9 @@ def main() -> None:
         code = launcher.run()
         stop.set()
         wall = time.monotonic() - started
-    state = launcher.coordinator.state
-    durations = [e for e in state.events if e["kind"] == "recovered"]
+    events = launcher.coordinator.state.events
+    state = launcher.coordinator.state.machine
+    durations = [e for e in events if e["kind"] == "recovered"]
     committed = state.catalog.newest_committed
     step_time = args.step_sleep
     print(f"soak: {args.minutes:.1f} min, {args.nodes} nodes, MTBF {args.mtbf:.0f} s, seed {args.seed}")

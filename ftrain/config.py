@@ -121,7 +121,6 @@ class JobSettings:
     replace_timeout_s: float = 60.0
     collective_timeout_s: float | None = None  # None: derived from the hang timeout (effective_collective_timeout_s)
     heartbeat_dead_after_s: float = 10.0
-    heartbeat_suspect_after_s: float = 3.0
     compress: str = "none"
     hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     straggler_policy: str = "rebalance"

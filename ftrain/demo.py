@@ -43,11 +43,11 @@ class LiveView:
         with state.cond:
             events = list(state.events)[self.seen:]
             self.seen += len(events)
-            step = max(state.catalog.newest_committed, 0)
-            plan = state.plan
+            step = max(state.machine.catalog.newest_committed, 0)
+            plan = state.machine.plan
             world = plan.generation.world_size if plan else 0
             generation = plan.generation.number if plan else -1
-            joined = sum(1 for node in state.membership.nodes.values() if node.alive)
+            joined = sum(1 for node in state.machine.membership.nodes.values() if node.alive)
         if self.live and not self.announced:  # the nodes take seconds to start: say so
             self.out.write(f"  {self.label}: starting {len(launcher.agents)} nodes (agent + trainer processes)...\n")
             self.announced = True
@@ -91,7 +91,7 @@ def _run(label: str, nodes: int, steps: int, out: Path, inject: list[str], log_d
     recovered = [e for e in state.events if e["kind"] == "recovered"]
     restores = [e.get("restore_step", -1) for e in state.events if e["kind"] == "generation"][1:]
     status = state.status()
-    return code, {"status": status,"seconds": time.monotonic() - started, "failures": state.failures, "recoveries": state.recoveries,
+    return code, {"status": status,"seconds": time.monotonic() - started, "failures": status["failures"], "recoveries": status["recoveries"],
                   "recovery_s": recovered[0]["recovery_s"] if recovered else None,
                   "restore_step": restores[0] if restores else None, "message": state.message}
 

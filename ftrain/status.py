@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from typing import Any, Sequence
@@ -22,6 +21,7 @@ import grpc
 from ftrain.config import ENV_TOKEN, ConfigError, parse_host_port
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import describe_rpc_error, open_channel, token_metadata
+from ftrain.textfmt import natural_key
 
 WIDTH = 80
 RECENT_EVENTS = 8
@@ -62,10 +62,6 @@ def _cut_middle(text: str, width: int) -> str:
         return _cut(text, width)
     head = (width - 3) // 2
     return text[:head] + "..." + text[len(text) - (width - 3 - head):]
-
-
-def _natural(text: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def _ranks(ranks: Sequence[int]) -> str:
@@ -210,7 +206,7 @@ def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
                       f"lost steps {s.get('lost_steps', 0)}  stragglers: {flagged}", width))
     lines.append("")
     rows = []
-    for m in sorted(s.get("members", []), key=lambda m: _natural(str(m.get("node", "")))):
+    for m in sorted(s.get("members", []), key=lambda m: natural_key(str(m.get("node", "")))):
         state = "alive" if m.get("alive") else "dead"
         hb = m.get("heartbeat_age_s")
         rows.append([str(m.get("node", "?")), state, _ranks(m.get("ranks") or []),

@@ -18,6 +18,11 @@ from typing import IO
 LINE_WIDTH = 100
 """Width that event and error lines fit in (`ftrain status`, the demo, `ftrain launch`)."""
 
+
+def natural_key(text: str) -> list[int | str]:
+    """Sorts node names as people do: node2 before node10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
 # "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] " or
 # "(/pytorch/torch/csrc/distributed/c10d/ProcessGroupGloo.cpp:123)": a source file with a line number
 _SOURCE_LOCATION = re.compile(r"[\[(]\s*(?:[A-Za-z]:)?[\w./\\-]*/[\w.-]+\.(?:cc|cpp|cxx|c|h|hpp|cu|py):\d+\s*[\])]\s*")

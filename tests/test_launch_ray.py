@@ -85,7 +85,7 @@ class Run:
 
     @property
     def committed(self) -> int:
-        return self.launcher.coordinator.state.catalog.newest_committed
+        return self.launcher.coordinator.state.machine.catalog.newest_committed
 
 
 def assert_replaced_by_same_actor(state, lost: str) -> None:
@@ -111,7 +111,7 @@ def reference(ray_instance, tmp_path_factory: pytest.TempPathFactory) -> dict:
     launcher = run.launcher
     assert launcher.strategy == "PACK"  # a one-machine cluster: PACK
     assert launcher.coordinator.host == "127.0.0.1"
-    assert all(node.address.startswith("127.0.0.1:") for node in launcher.coordinator.state.membership.nodes.values())
+    assert all(node.address.startswith("127.0.0.1:") for node in launcher.coordinator.state.machine.membership.nodes.values())
     assert result["generation"] == 0
     return result
 
@@ -129,7 +129,7 @@ def test_killed_actor_is_restarted_and_job_is_bit_identical(ray_instance, refere
     old = ray.get(actor.info.remote(), timeout=30)
     ray.kill(actor, no_restart=False)
     result = run.finish()
-    state = run.launcher.coordinator.state
+    state = run.launcher.coordinator.state.machine
     assert state.failures >= 1 and state.recoveries >= 1
     assert result["generation"] >= 1 and result["world_size"] == 3
     assert_replaced_by_same_actor(state, old["node_id"])
@@ -139,7 +139,7 @@ def test_killed_actor_is_restarted_and_job_is_bit_identical(ray_instance, refere
 def test_kill_node_restarts_the_actor_bit_identical(ray_instance, reference: dict, tmp_path: Path) -> None:
     run = Run(tmp_path, "raynode", "kill-node:2@step=40").start()
     result = run.finish()
-    state = run.launcher.coordinator.state
+    state = run.launcher.coordinator.state.machine
     assert state.failures >= 1 and result["generation"] >= 1 and result["world_size"] == 3
     dead = [node_id for node_id, node in state.membership.nodes.items() if not node.alive]
     assert len(dead) == 1, dead

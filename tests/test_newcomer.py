@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ftrain import metrics as metrics_mod
 from ftrain.config import ErasureSpec, JobSettings
-from ftrain.coordinator.server import CoordinatorState
+from ftrain.coordinator.machine import CoordinatorMachine
 from ftrain.snapshot.erasure import default_backend
 from ftrain.status import format_status
 from ftrain.textfmt import LineFormatter, fit, short_reason
@@ -88,8 +87,7 @@ def test_status_shows_the_effective_code_and_a_killed_launcher_leaves_its_events
 
 def test_six_nodes_asking_4_2_say_they_run_4_1() -> None:
     settings = JobSettings(job_id="six", target_nodes=6, min_nodes=6, ec=ErasureSpec(4, 2)).validate()
-    state = CoordinatorState(settings, "127.0.0.1:1", metrics_mod.Metrics())
-    status = state.status()
+    status = CoordinatorMachine(settings, "127.0.0.1:1", 0.0).status(0.0)
     assert status["ec_effective"] == {"k": 4, "m": 1, "nodes": 6, "survives_node_losses": 2, "of": "snapshots",
                                       "source": "planned"}
     assert "EC 4+1 on 6 nodes (requested 4+2): survives 2 node losses at once" in format_status(status)

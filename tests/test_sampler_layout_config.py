@@ -156,8 +156,7 @@ def test_job_settings_validation_names_the_flag() -> None:
 
 @pytest.mark.parametrize("dead_after_s", [2.0, 2.5, 3.0, 4.0, 10.0, 60.0])
 def test_every_valid_heartbeat_timeout_gives_a_valid_detector(dead_after_s: float) -> None:
-    from ftrain.coordinator.server import CoordinatorState
-    from ftrain.metrics import Metrics
+    from ftrain.coordinator.machine import CoordinatorMachine
 
-    state = CoordinatorState(JobSettings(heartbeat_dead_after_s=dead_after_s).validate(), "127.0.0.1:1", Metrics())
-    assert state.hang.timeout_s() > 0
+    machine = CoordinatorMachine(JobSettings(heartbeat_dead_after_s=dead_after_s).validate(), "127.0.0.1:1", 0.0)
+    assert machine.hang.timeout_s() > 0

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping
 
-from ftrain.aggregate.strategy import BaseStrategy, StalenessTracker, Update, _check_finite_positive
+from ftrain.aggregate.strategy import BaseStrategy, StalenessTracker, Update, check_finite_positive
 
 __all__ = ["FedAsync", "staleness_weight"]
 
@@ -64,7 +64,7 @@ class FedAsync(BaseStrategy):
         super().__init__()
         if function not in _FUNCTIONS:
             raise ValueError(f"unknown staleness function {function!r}; use one of {', '.join(_FUNCTIONS)}")
-        self.alpha = _check_finite_positive("alpha", alpha)
+        self.alpha = check_finite_positive("alpha", alpha)
         if self.alpha > 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.function = function

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from ftrain.aggregate.strategy import BaseStrategy, Update, _check_finite_positive
+from ftrain.aggregate.strategy import BaseStrategy, Update, check_finite_positive
 
 __all__ = ["FedAvg"]
 
@@ -32,7 +32,7 @@ class FedAvg(BaseStrategy):
         if int(num_workers) < 1:
             raise ValueError(f"fedavg needs num_workers >= 1, got {num_workers}")
         self.num_workers = int(num_workers)
-        self.lr = _check_finite_positive("lr", lr)
+        self.lr = check_finite_positive("lr", lr)
         self.weight_by_samples = bool(weight_by_samples)
         self._round: dict[str, tuple[torch.Tensor, int]] = {}
         self.ignored_stale = 0

@@ -40,14 +40,13 @@ import io
 import json
 import logging
 import os
-import re
 import secrets
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import grpc
 import numpy as np
@@ -61,6 +60,7 @@ from ftrain.rpc import CHUNK_BYTES, open_channel, token_metadata
 from ftrain.snapshot.erasure import ReedSolomon, shard_checksum, split_blob
 from ftrain.snapshot.placement import effective_code, place_blobs
 from ftrain.snapshot.transfer import AgentPool
+from ftrain.textfmt import natural_key
 
 log = logging.getLogger("ftrain.aggregate")
 
@@ -92,11 +92,11 @@ def build_strategy(spec: str, num_workers: int) -> Any:
 
 def check_strategy_spec(spec: str) -> str:
     """Validates ``--strategy`` up front (name or importable ``module:Class``); returns it."""
-    from ftrain.aggregate.strategy import BUILTIN_STRATEGIES, _import_target
+    from ftrain.aggregate.strategy import BUILTIN_STRATEGIES, import_target
 
     spec = (spec or DEFAULT_ASYNC_STRATEGY).strip()
     if ":" in spec:
-        _import_target(spec)  # ValueError names the module / attribute
+        import_target(spec)  # ValueError names the module / attribute
     elif spec.lower() not in BUILTIN_STRATEGIES:
         raise ValueError(f"unknown aggregation strategy {spec!r}; known: {', '.join(sorted(BUILTIN_STRATEGIES))}; "
                          "or give an import path 'package.module:ClassName'")
@@ -798,55 +798,39 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
 # --------------------------------------------------------------------------------------------
 
 
-def host_on_coordinator(server: grpc.Server, state: Any, token: str) -> AggregatorService:
+class CoordinatorLink(Protocol):
+    """What the aggregator needs of the coordinator that hosts it (each call takes its lock)."""
+
+    settings: Any  # ftrain.config.JobSettings
+    metrics: Any  # ftrain.metrics.Metrics
+    aggregator: "AggregatorService | None"
+
+    def live_agents(self) -> list[tuple[str, str]]: ...
+    def worker_progress(self, rank: int, generation: int, step: int, steps: int, compute_s: float) -> None: ...
+    def event(self, kind: str, message: str, **extra: Any) -> None: ...
+    def fail(self, message: str) -> None: ...
+    def restarted(self) -> bool: ...
+
+
+def host_on_coordinator(server: grpc.Server, coordinator: CoordinatorLink, token: str) -> AggregatorService:
     """Adds the aggregator to the coordinator's gRPC server (same port, same token check).
 
     Live agents come from the membership, applied updates feed the hang watchdog and the
     straggler detector (a worker's push is its step progress), events go to the job's event
     log, and an unrecoverable loss of the aggregator's state fails the job.
     """
-    settings = state.settings
+    settings = coordinator.settings
 
     def agents() -> list[tuple[str, str]]:
-        with state.cond:
-            nodes = [n for n in state.membership.nodes.values() if n.alive and n.address]
-        nodes.sort(key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n.node_id)])
-        return [(n.node_id, n.address) for n in nodes]
-
-    def progress(rank: int, generation: int, step: int, steps: int, compute_s: float) -> None:
-        with state.cond:
-            plan = state.plan
-            if plan is None or generation != plan.generation.number or state.membership.pending:
-                return
-            now = state.clock()
-            previous = state.progress.get(rank)
-            step_time = None
-            if previous is not None and step > previous[0]:
-                step_time = (now - previous[1]) / (step - previous[0])
-            state.hang.progress(rank, step, now, step_time)
-            state.progress[rank] = (step, now)
-            if compute_s > 0:
-                state.compute_times[rank] = compute_s
-                state.record_compute(rank, step, compute_s, max(1, steps))
-
-    def event(kind: str, message: str, **extra: Any) -> None:
-        with state.cond:
-            state.event(kind, message, **extra)
-
-    def fail(message: str) -> None:
-        with state.cond:
-            state.fail(message)
-
-    def restarted() -> bool:  # a coordinator that came back learns older generations from its agents
-        with state.cond:
-            m = state.membership
-            return bool(getattr(m, "floor", 0) > 0 or getattr(m, "slots_restored", False))
+        return sorted(coordinator.live_agents(), key=lambda agent: natural_key(agent[0]))
 
     service = AggregatorService(settings.job_id, token, settings.strategy, agents=agents, ec_k=settings.ec.k,
-                                ec_m=settings.ec.m, snapshot_every=settings.snapshot_every, metrics=state.metrics,
-                                hooks=Hooks(progress=progress, event=event, fail=fail, restarted=restarted))
+                                ec_m=settings.ec.m, snapshot_every=settings.snapshot_every,
+                                metrics=coordinator.metrics,
+                                hooks=Hooks(progress=coordinator.worker_progress, event=coordinator.event,
+                                            fail=coordinator.fail, restarted=coordinator.restarted))
     coordinator_pb2_grpc.add_AggregatorServicer_to_server(service, server)
-    state.aggregator = service
+    coordinator.aggregator = service
     return service
 
 

@@ -416,7 +416,7 @@ def available_strategies() -> list[str]:
     return sorted(BUILTIN_STRATEGIES)
 
 
-def _import_target(path: str) -> Any:
+def import_target(path: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ValueError(f"import path must look like 'package.module:ClassName', got {path!r}")
@@ -451,7 +451,7 @@ def make_strategy(spec: str, **options: Any) -> Strategy:
                 f"unknown aggregation strategy {spec!r}; known: {', '.join(available_strategies())}; "
                 "or give an import path 'package.module:ClassName'"
             )
-    factory: Callable[..., Any] = _import_target(target_path)
+    factory: Callable[..., Any] = import_target(target_path)
     if not callable(factory):
         raise ValueError(f"{target_path!r} is not a class or factory")
     strategy = factory(**options)
@@ -470,7 +470,7 @@ def make_strategy(spec: str, **options: Any) -> Strategy:
     return strategy
 
 
-def _check_finite_positive(name: str, value: float) -> float:
+def check_finite_positive(name: str, value: float) -> float:
     v = float(value)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")

@@ -10,12 +10,9 @@ next free slot at once. No I/O and no clock: callers pass `now`.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-
-def _natural_key(text: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+from ftrain.textfmt import natural_key
 
 
 @dataclass
@@ -183,7 +180,7 @@ class Membership:
             return None
         if self.formed is None and not self.slots_restored:
             # the first generation deals ranks in node-id order, so reruns of a job get the same ranks
-            live.sort(key=lambda node: _natural_key(node.node_id))
+            live.sort(key=lambda node: natural_key(node.node_id))
             for index, node in enumerate(live):
                 self.slots[index], node.slot = node.node_id, index
         ranks: list[RankAssignment] = []

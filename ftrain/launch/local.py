@@ -98,8 +98,7 @@ class LocalLauncher:
                 if state != "running":
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    with self.coordinator.state.cond:  # fail() notifies: it needs the lock
-                        self.coordinator.state.fail(f"launcher timeout of {self.timeout_s:.0f} s reached")
+                    self.coordinator.state.fail(f"launcher timeout of {self.timeout_s:.0f} s reached")
                     break
                 self._watch_agents()
             return self._drain()
@@ -111,7 +110,7 @@ class LocalLauncher:
         SIGSTOP, a hung machine) is fenced: its whole process group is killed, so it can never come
         back into an old generation, and it is replaced like any lost node."""
         with self.coordinator.state.cond:
-            nodes = self.coordinator.state.membership.nodes
+            nodes = self.coordinator.state.machine.membership.nodes
             dead = {node_id for node_id, node in nodes.items() if not node.alive}
         for agent in self.agents:
             if agent.node_id in dead and agent.process.poll() is None and not getattr(agent, "fenced", False):

@@ -373,8 +373,7 @@ class SshLauncher(LocalLauncher):
                 message = f"could not run an agent on {agent.host.label} ({agent.host.where}): {what}: {detail}"
                 if self._launch_failures[key] > self.launch_retries:
                     log.error("%s; giving up after %d attempts", message, self._launch_failures[key])
-                    with self.coordinator.state.cond:
-                        self.coordinator.state.fail(message)
+                    self.coordinator.state.fail(message)
                     continue
                 log.warning("%s; retrying in %.1f s", message, self.replace_delay_s)
                 self._relaunch_on.append(agent.host)
