@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 ENV_COORDINATOR = "FTRAIN_COORDINATOR"
 ENV_JOB_ID = "FTRAIN_JOB_ID"
@@ -17,6 +17,20 @@ ENV_TOKEN = "FTRAIN_TOKEN"
 TOKEN_METADATA_KEY = "x-ftrain-token"
 PROTOCOL_VERSION = 1
 DEFAULT_HANG_TIMEOUT_S = 300.0  # a live rank may pause this long (an evaluation); frozen ones are caught by pulses
+
+
+def agent_argv(coordinator: str, nproc: int, job_id: str, host: str, command: Sequence[str], *, node_id: str = "",
+               metrics_port: int | str | None = None, log_level: str = "", extra: Sequence[str] = ()) -> list[str]:
+    """The arguments after `ftrain` (or `python -m ftrain`) that every launcher and the operator
+    start an agent with. The job token is never among them (it goes by environment or stdin)."""
+    argv = ["--log-level", log_level] if log_level else []
+    argv += ["agent", "--coordinator", coordinator, "--nproc-per-node", str(nproc)]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
+    argv += ["--host", host, "--job-id", job_id]
+    if node_id:
+        argv += ["--node-id", node_id]
+    return argv + [*extra, "--", *command]
 
 FAULT_KINDS = ("kill-rank", "kill-node", "hang-rank", "slow-rank", "corrupt-shard")
 MODES = ("sync", "async")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ftrain.agent.agent import die_with_parent
-from ftrain.config import ENV_TOKEN, JobSettings
+from ftrain.config import ENV_TOKEN, JobSettings, agent_argv
 from ftrain.coordinator.server import Coordinator
 
 log = logging.getLogger("ftrain.launch")
@@ -64,18 +64,20 @@ class LocalLauncher:
         self._next_node = 0
         self._replacements: list[float] = []
 
+    def agent_metrics_port(self, index: int) -> int | None:
+        """Node `index`'s agent serves /metrics on BASE+index, on a free port without a base, or not at all."""
+        if not self.agent_metrics:
+            return None
+        return 0 if self.agent_metrics_port_base is None else self.agent_metrics_port_base + index
+
     def _spawn_agent(self) -> AgentProcess:
         node_id = f"node{self._next_node}"
         self._next_node += 1
         env = dict(os.environ, **self.extra_env)
         env[ENV_TOKEN] = self.token  # through the environment, never the command line (visible in ps)
-        cmd = [sys.executable, "-m", "ftrain", "agent", "--coordinator", self.coordinator.address,
-               "--nproc-per-node", str(self.nproc), "--node-id", node_id, "--job-id", self.settings.job_id,
-               "--host", self.host]
-        if self.agent_metrics:
-            base = self.agent_metrics_port_base
-            cmd += ["--metrics-port", str(0 if base is None else base + self._next_node - 1)]
-        cmd += ["--", *self.command]
+        cmd = [sys.executable, "-m", "ftrain", *agent_argv(
+            self.coordinator.address, self.nproc, self.settings.job_id, self.host, self.command, node_id=node_id,
+            metrics_port=self.agent_metrics_port(self._next_node - 1))]
         output = self.agent_output
         # own session (kill-node = SIGKILL to the group); dies with the launcher (no orphaned nodes)
         process = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=output, stderr=output,

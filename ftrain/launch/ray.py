@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from ftrain.config import ConfigError, JobSettings
+from ftrain.config import ConfigError, JobSettings, agent_argv
 from ftrain.launch.local import LocalLauncher
 from ftrain.launch.ssh import BOOTSTRAP, forwarded_env, parse_env_assignments
 
@@ -70,9 +70,9 @@ class AgentActor:
         self.replace_delay_s = replace_delay_s
         self.host = agent_host or ray.util.get_node_ip_address()
         self.node_id = f"ray{index}-{secrets.token_hex(3)}"  # a restarted actor joins as a new node
-        argv = [sys.executable, "-u", "-c", BOOTSTRAP, sys.executable, "-m", "ftrain", "--log-level", log_level,
-                "agent", "--coordinator", coordinator, "--nproc-per-node", str(nproc), "--node-id", self.node_id,
-                "--job-id", job_id, "--host", self.host, *agent_args, "--", *command]
+        argv = [sys.executable, "-u", "-c", BOOTSTRAP, sys.executable, "-m", "ftrain",
+                *agent_argv(coordinator, nproc, job_id, self.host, command, node_id=self.node_id,
+                            log_level=log_level, extra=agent_args)]
         # own session: kill-node's SIGKILL to the trainers' process group never reaches this worker
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
         assert self.process.stdin is not None  # stdin=PIPE
@@ -208,10 +208,8 @@ class RayLauncher(LocalLauncher):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         index = len(self.actors)
-        agent_args: list[str] = []
-        if getattr(self, "agent_metrics", False):
-            base = getattr(self, "agent_metrics_port_base", None)
-            agent_args = ["--metrics-port", str(0 if base is None else base + index)]
+        port = self.agent_metrics_port(index)
+        agent_args = [] if port is None else ["--metrics-port", str(port)]
         remote = self.ray.remote(AgentActor).options(
             name=actor_name(self.settings.job_id, index), namespace=RAY_NAMESPACE,
             max_restarts=-1 if self.replace else 0, max_task_retries=-1 if self.replace else 0,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from ftrain.config import ConfigError, JobSettings
+from ftrain.config import ConfigError, JobSettings, agent_argv
 from ftrain.launch.local import AgentProcess, LocalLauncher
 
 log = logging.getLogger("ftrain.launch.ssh")
@@ -282,13 +282,10 @@ class SshLauncher(LocalLauncher):
     def remote_command(self, host: HostSpec, node_id: str) -> str:
         """The command line the remote shell runs (no secret in it: the token goes over stdin)."""
         python = host.python or self.remote_python
-        agent = ["-m", "ftrain", "--log-level", self.log_level, "agent", "--coordinator", self.coordinator.address,
-                 "--nproc-per-node", str(self.nproc), "--node-id", node_id, "--job-id", self.settings.job_id,
-                 "--host", host.advertise]
-        if getattr(self, "agent_metrics", False):  # as LocalLauncher: node i on BASE+i, or a free port
-            base = getattr(self, "agent_metrics_port_base", None)
-            agent += ["--metrics-port", str(0 if base is None else base + int(node_id.removeprefix("node")))]
-        agent += ["--", *self.command]
+        agent = ["-m", "ftrain", *agent_argv(
+            self.coordinator.address, self.nproc, self.settings.job_id, host.advertise, self.command,
+            node_id=node_id, log_level=self.log_level,
+            metrics_port=self.agent_metrics_port(int(node_id.removeprefix("node"))))]
         # `exec` so the bootstrap is the session's process; it runs the agent with the same interpreter
         return (f"exec {_remote_path(python)} -u -c {shlex.quote(BOOTSTRAP)} {_remote_path(python)} "
                 + shlex.join(agent))

@@ -21,6 +21,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, overload
 
+from ftrain.config import ENV_COORDINATOR, ENV_JOB_ID, ENV_NODE_ID, ENV_TOKEN, agent_argv
+
 GROUP = "ftrain.dev"
 VERSION = "v1alpha1"
 PLURAL = "ftrainjobs"
@@ -44,10 +46,6 @@ TOKEN_KEY = "token"
 
 # Environment given to the coordinator and the workers (the agent passes the FTRAIN_* trainer
 # environment of docs/architecture.md, 'Fixed interfaces', on to each trainer). Job settings travel as CLI flags.
-ENV_COORDINATOR = "FTRAIN_COORDINATOR"
-ENV_JOB_ID = "FTRAIN_JOB_ID"
-ENV_NODE_ID = "FTRAIN_NODE_ID"
-ENV_TOKEN = "FTRAIN_TOKEN"
 ENV_NODE_INDEX = "FTRAIN_NODE_INDEX"
 ENV_POD_IP = "FTRAIN_POD_IP"
 ENV_POD_NAME = "FTRAIN_POD_NAME"
@@ -481,12 +479,9 @@ def coordinator_command(job_name: str, spec: JobSpec) -> list[str]:
 
 def worker_command(job_name: str, namespace: str, spec: JobSpec, pod_name: str = "") -> list[str]:
     """``ftrain agent --coordinator <svc>:29400 --nproc-per-node P ... -- <command> <args>``."""
-    cmd = ["ftrain", "agent", "--coordinator", coordinator_address(job_name, namespace),
-           "--nproc-per-node", str(spec.nproc_per_node), "--metrics-port", str(METRICS_PORT),
-           "--host", POD_IP_REF, "--job-id", job_name]
-    if pod_name:
-        cmd += ["--node-id", pod_name]
-    return cmd + ["--", *spec.command, *spec.args]
+    return ["ftrain", *agent_argv(coordinator_address(job_name, namespace), spec.nproc_per_node, job_name,
+                                  POD_IP_REF, [*spec.command, *spec.args], node_id=pod_name,
+                                  metrics_port=METRICS_PORT)]
 
 
 def _prometheus_annotations() -> dict[str, str]:
