@@ -204,7 +204,7 @@ class JobSettings:
 
 @dataclass(frozen=True)
 class TrainerEnv:
-    """The environment the agent gives each trainer (DESIGN.md section 3)."""
+    """The environment the agent gives each trainer (docs/architecture.md, "Fixed interfaces")."""
 
     coordinator: str
     job_id: str

@@ -2,9 +2,11 @@
 
 Role in ftrain: after a snapshot blob is coded RS(k, m) (:mod:`ftrain.snapshot.erasure`), its
 k + m shards must live on k + m *distinct* nodes other than the node that produced the blob,
-and the shard load should be even across nodes. The coordinator calls :func:`effective_code`
-to shrink (k, m) to what the current membership can hold and :func:`place_blobs` to map every
-shard to a node; both are deterministic, so any process recomputes the same answer.
+and the shard load should be even across nodes. Each trainer's capture pipeline (and the
+async aggregator) calls :func:`effective_code` to shrink (k, m) to what the current membership
+can hold and :func:`place_blobs` to map every shard to a node; the coordinator calls
+:func:`effective_code` for the status it reports. Both are deterministic, so any process
+recomputes the same answer.
 
 Why "never on the producer": the producer keeps its own blob in memory anyway, so a shard on
 it would be lost together with that copy. With shards only on other nodes a blob coded
