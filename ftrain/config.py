@@ -76,10 +76,6 @@ class FaultSpec:
     raw: str = ""
     generation: int | None = None  # `@gen=G`: fires as the rank enters generation G, before it restores
 
-    @property
-    def fault_id(self) -> str:
-        return self.raw or f"{self.kind}:{self.target}"
-
 
 _FAULT_RE = re.compile(
     r"^(?P<kind>[a-z-]+):(?P<target>\d+)(?:@step=(?P<step>\d+)|@gen=(?P<gen>\d+)|x(?P<factor>[0-9]*\.?[0-9]+))?$")

@@ -140,23 +140,12 @@ class Membership:
             self.batch_shares = list(batch_shares)
         return self._open_pending(now)
 
-    def evict(self, node_id: str, now: float) -> bool:
-        return self.node_dead(node_id, now)
-
     # -- trainers --------------------------------------------------------------------------
     def trainer_waiting(self, trainer_uid: str, node_id: str, local_rank: int) -> None:
         record = self.nodes.get(node_id)
         if record is None or not record.alive:
             return
         self.waiting[(node_id, local_rank)] = trainer_uid
-
-    def assignment_for(self, trainer_uid: str) -> RankAssignment | None:
-        if self.formed is None:
-            return None
-        for assignment in self.formed.ranks:
-            if assignment.trainer_uid == trainer_uid:
-                return assignment
-        return None
 
     # -- generations -----------------------------------------------------------------------
     @property
@@ -194,9 +183,6 @@ class Membership:
         self.pending_since = None
         self.waiting.clear()
         return self.formed
-
-    def shrink_deadline(self) -> float | None:
-        return None if self.pending_since is None else self.pending_since + self.replace_timeout_s
 
     # -- internals -------------------------------------------------------------------------
     def _open_pending(self, now: float) -> bool:

@@ -79,8 +79,3 @@ def read_coordinator_status_cli(address: str, token: str | None = None,
         log.debug("coordinator status %s: exit %s: %s", address, proc.returncode, proc.stderr.strip()[-500:])
         return None
     return parse_status_json(proc.stdout)
-
-
-def no_status(address: str, token: str | None = None) -> None:
-    """A reader that never asks (for tests and for operators outside the cluster network)."""
-    return None
