@@ -42,21 +42,21 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import grpc
 import torch
 
-from ftrain.config import parse_fault
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.proto.ftrain.v1 import coordinator_pb2_grpc
 from ftrain.rpc import CHUNK_BYTES, describe_rpc_error, open_channel, token_metadata
 from ftrain.snapshot.erasure import shard_checksum
-from ftrain.train.client import CoordinatorUnavailable, JobFailed, Unauthenticated
+from ftrain.train.client import CoordinatorClient, CoordinatorUnavailable, JobFailed, Unauthenticated
 from ftrain.train.data import ElasticSampler
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ftrain.train.session import Session
+    from ftrain.config import TrainerEnv
+    from ftrain.metrics import TrainerReporter
 
 log = logging.getLogger("ftrain.async")
 
@@ -238,9 +238,37 @@ class ShardSampler:
 # ------------------------------------------------------------------------------------------------
 
 
+class StepContext(Protocol):
+    """What the worker loop uses of its session (ftrain.train.session.Session): its public step context."""
+    model: torch.nn.Module
+    sampler: ElasticSampler | None
+    env: TrainerEnv | None
+    client: CoordinatorClient | None
+    reporter: TrainerReporter
+    trainer_uid: str
+    seed: int
+    rank: int
+    world_size: int
+    generation: int
+    step: int
+
+    def adopt(self, a: pb.GenerationAssignment) -> None: ...
+    def inject_faults(self) -> None: ...
+    def begin_compute(self) -> None: ...
+    def end_compute(self) -> None: ...
+    def take_compute(self) -> tuple[float, int]: ...
+    def mark_committed(self, step: int) -> None: ...
+    def report_state(self) -> None: ...
+
+
 class AsyncWorker:
-    def __init__(self, session: "Session", local_steps: int | None = None) -> None:
+    """`collate` builds a batch from dataset indices (None without a dataset); `closed` is set when
+    the session finishes."""
+
+    def __init__(self, session: StepContext, collate: Callable[[list[int]], Any] | None, closed: threading.Event,
+                 local_steps: int | None = None) -> None:
         self.s = session
+        self.collate, self.closed = collate, closed
         self.local_steps = resolve_local_steps(local_steps)
         self.params: list[torch.Tensor] = [p for p in session.model.parameters()]
         env = session.env
@@ -267,16 +295,12 @@ class AsyncWorker:
     def _adopt(self, a: pb.GenerationAssignment) -> None:
         s = self.s
         old = (s.rank, s.world_size)
-        s.generation, s.rank, s.world_size = a.generation, a.rank, a.world_size
-        s._members = list(a.members)
-        s._faults = [parse_fault(spec) for spec in a.config.inject]
-        s._slow_factor = max([f.factor or 1.0 for f in s._faults if f.kind == "slow-rank" and f.target == a.rank],
-                             default=1.0)
+        s.adopt(a)
         if s.sampler is not None and (self.shard is None or old != (a.rank, a.world_size)):
             self.shard = ShardSampler(s.sampler.dataset_len, s.sampler.batch_size, s.seed, a.rank, a.world_size,
                                       s.sampler.shuffle)
         self._follow(a.generation)
-        s._report_state()
+        s.report_state()
         log.info("async worker rank %d/%d in generation %d", a.rank, a.world_size, a.generation)
 
     def _follow(self, generation: int) -> None:
@@ -285,7 +309,7 @@ class AsyncWorker:
         s = self.s
 
         def follow() -> None:
-            reply = self.coordinator.wait_generation_change(generation, s._closed, lambda: s.generation == generation)
+            reply = self.coordinator.wait_generation_change(generation, self.closed, lambda: s.generation == generation)
             if reply is None or reply.job_state == "complete":
                 return
             if reply.job_state == "failed":
@@ -358,8 +382,7 @@ class AsyncWorker:
         s = self.s
         assert self.x_start is not None
         delta = flat_parameters(self.params).sub_(self.x_start)
-        compute = s._compute_s / s._compute_n if s._compute_n else 0.0
-        s._compute_s, s._compute_n = 0.0, 0
+        compute, _ = s.take_compute()
         reply = self.client.push(delta, incarnation=self.incarnation, worker_id=self.worker_id, rank=s.rank,
                                  generation=s.generation, base_version=self.version, num_samples=samples,
                                  local_steps=steps, step=s.step,
@@ -370,7 +393,7 @@ class AsyncWorker:
             self.stats[reply.status] += 1
             self.stats["max_staleness"] = max(self.stats["max_staleness"], reply.staleness)
             if reply.status == "applied":
-                s._committed_step = s.step
+                s.mark_committed(s.step)
         self.done = self.done or reply.done
         return reply
 
@@ -378,13 +401,12 @@ class AsyncWorker:
     def run(self, total_steps: int, assignment: pb.GenerationAssignment) -> Iterator[tuple[int, Any]]:
         s = self.s
         self.total_steps = total_steps
-        s._async = self
         s.step = 0
         self._adopt(assignment)
         welcome = self._hello()
         if welcome.resume_step >= 0:  # a replacement / restarted worker continues its rank's record
             s.step = int(welcome.resume_step)
-            s._committed_step = s.step
+            s.mark_committed(s.step)
             if self.shard is not None and welcome.resume_json:
                 self.shard.resume(welcome.resume_json)
         self._pull()
@@ -394,16 +416,16 @@ class AsyncWorker:
                 base = self.version
                 steps = samples = 0
                 while steps < self.local_steps:
-                    s._inject_faults()
+                    s.inject_faults()
                     started = time.perf_counter()
                     indices = self.shard.next_indices() if self.shard is not None else []
                     batch = None
                     if self.shard is not None:
-                        assert s._collate is not None  # a shard exists only with a dataset
-                        batch = s._collate(indices)
-                    s._begin_compute()
+                        assert self.collate is not None  # a shard exists only with a dataset
+                        batch = self.collate(indices)
+                    s.begin_compute()
                     yield s.step, batch
-                    s._end_step()
+                    s.end_compute()
                     if self.shard is not None:
                         self.shard.advance()
                     s.step += 1
@@ -422,7 +444,7 @@ class AsyncWorker:
                 if reply.hold:
                     self.stats["held"] += 1
                 self._pull(min_version=base + 1 if reply.hold else 0)
-                s._report_state()
+                s.report_state()
             self._pull()  # the final global model, the same on every worker
             self._finish()
         finally:

@@ -168,6 +168,10 @@ class Session:
     started fresh at step 0), `replaying` (True while a step whose body
     already ran once is redone after a recovery), `discarding` (True when the current step has
     failed and will be redone), `sampler` (the elastic sampler's position).
+
+    Its step context, for the loop drivers (ftrain.train.async_worker): `adopt` (a generation),
+    `inject_faults` (a step's fault point), `begin_compute` / `end_compute` (the loop body),
+    `take_compute`, `mark_committed`, `report_state`.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Any = None,
@@ -319,7 +323,8 @@ class Session:
             from ftrain.train.async_worker import AsyncWorker
 
             first, self._first = self._first, None
-            generator = AsyncWorker(self, self.local_steps).run(total_steps, first)
+            self._async = AsyncWorker(self, self._collate, self._closed, self.local_steps)
+            generator = self._async.run(total_steps, first)
         else:
             generator = self._sync_steps(total_steps)
         self._active_steps = weakref.ref(generator)
@@ -337,7 +342,7 @@ class Session:
             self._pending_finish = False
             self._end_job_after_break()
         self._closed.set()
-        self._report_state()
+        self.report_state()
         self.reporter.close()
         self.engine.close()
         self._step_hook.remove()
@@ -375,7 +380,7 @@ class Session:
                     return
                 if self._moved.is_set():
                     raise _StepFailed("the generation moved on")
-                self._inject_faults()
+                self.inject_faults()
                 step_started = time.perf_counter()
                 batch, count = self._next_batch(total_steps)
                 self._begin_step(count)
@@ -392,12 +397,12 @@ class Session:
                     self._body_step = None
                 else:  # nothing left for this rank in the epoch's tail: it joins with a zero gradient
                     self._empty_step()
-                self._end_step()
+                self.end_compute()
                 if self.reducer.error is not None:
                     raise self.reducer.error
                 self._advance()
                 self.reporter.step_done(time.perf_counter() - step_started)
-                self._report_state()
+                self.report_state()
                 if self.step % self.snapshot_every == 0 and self.step < total_steps:
                     self._capture()
             except (_StepFailed, collectives.CollectiveError, SnapshotLost) as error:
@@ -431,7 +436,7 @@ class Session:
         if sys.is_finalizing():  # the interpreter is exiting (e.g. after an exception): no job end
             return
         try:
-            self._end_step()
+            self.end_compute()
             if self.reducer.error is not None:
                 raise RuntimeError(
                     f"ftrain: a peer failed during step {self.step}, the step at which the loop was left; the step "
@@ -475,13 +480,13 @@ class Session:
         self.reducer.error = None
         if self._buffer_names:  # the forward pass writes buffers (BatchNorm statistics) that a capture reads
             self._after_snapshot_copy()
-        self._begin_compute()
+        self.begin_compute()
 
-    def _begin_compute(self) -> None:
+    def begin_compute(self) -> None:
         self._comm_before = self.reducer.comm_wait_s
         self._compute_start = time.perf_counter()
 
-    def _end_step(self) -> None:
+    def end_compute(self) -> None:
         """After the loop body: compute time for straggler detection (waits in the gradient
         all-reduce excluded), and `slow-rank` fault injection."""
         compute = time.perf_counter() - self._compute_start - (self.reducer.comm_wait_s - self._comm_before)
@@ -490,6 +495,12 @@ class Session:
             compute *= self._slow_factor
         self._compute_s += compute
         self._compute_n += 1
+
+    def take_compute(self) -> tuple[float, int]:
+        """(mean compute s per step, steps) since the last take (straggler detection), then starts over."""
+        taken = (self._compute_s / self._compute_n if self._compute_n else 0.0, self._compute_n)
+        self._compute_s, self._compute_n = 0.0, 0
+        return taken
 
     def _empty_step(self) -> None:
         if not self._warned_empty:
@@ -557,16 +568,16 @@ class Session:
             raise _StepFailed(f"previous snapshot not stored: {error}")
         if self._last_capture is not None and self._committed_step < self._last_capture:
             if self.engine.previous_committed() == self._last_capture:  # the worker saw the commit
-                self._mark_committed(self._last_capture)
+                self.mark_committed(self._last_capture)
             else:
                 self._wait_committed(self._last_capture)
         named, opt_meta = self._replicated()
         layout = self._layout(named)
         if len(self._report_extras) > 64:  # reports of failed captures never come
             self._report_extras.clear()
-        if self._compute_n:
-            self._report_extras[self.step] = (self._compute_s / self._compute_n, self._compute_n)
-        self._compute_s, self._compute_n = 0.0, 0
+        compute = self.take_compute()
+        if compute[1]:
+            self._report_extras[self.step] = compute
         self.engine.capture(self.step, [t for _, t in named], layout, self._meta(opt_meta), keep_step=self._committed_step,
                             whole=self._sharded)
         self._last_capture = self.step
@@ -585,7 +596,7 @@ class Session:
         self.reporter.snapshot_stored(report.snapshot_duration_s, blob.size, blob.k * blob.shard_len if blob.m else 0)
         return self._coordinator.call("ReportSnapshot", report, timeout=30.0)
 
-    def _report_state(self) -> None:
+    def report_state(self) -> None:
         self.reporter.state(rank=self.rank, generation=self.generation, world_size=self.world_size, step=self.step,
                             committed_step=self._committed_step)
 
@@ -605,9 +616,9 @@ class Session:
         reply = self._commit_reply(step, self.generation)
         if not reply.committed:
             raise _StepFailed(f"generation moved to {reply.current_generation} before step {step} committed")
-        self._mark_committed(step)
+        self.mark_committed(step)
 
-    def _mark_committed(self, step: int) -> None:
+    def mark_committed(self, step: int) -> None:
         """`step` is committed: it becomes the snapshot the engine keeps; older local blobs go."""
         self._committed_step = max(self._committed_step, step)
         self.engine.keep_only(self._committed_step)
@@ -676,15 +687,19 @@ class Session:
                             assignment.generation, short_reason(str(error)))
                 self.generation = assignment.generation
 
-    def _enter_generation(self, a: pb.GenerationAssignment) -> None:
+    def adopt(self, a: pb.GenerationAssignment) -> None:
+        """Takes a generation's identity: rank, world size, members, and its faults to inject."""
         self.generation, self.rank, self.world_size = a.generation, a.rank, a.world_size
-        self.batch_shares = list(a.batch_shares)
         self._members = list(a.members)
-        config = a.config
-        self.snapshot_every = self._snapshot_every_override or max(1, config.snapshot_every)
-        self._faults = [parse_fault(spec) for spec in config.inject]
+        self._faults = [parse_fault(spec) for spec in a.config.inject]
         self._slow_factor = max([f.factor or 1.0 for f in self._faults if f.kind == "slow-rank" and f.target == a.rank],
                                 default=1.0)
+
+    def _enter_generation(self, a: pb.GenerationAssignment) -> None:
+        self.adopt(a)
+        self.batch_shares = list(a.batch_shares)
+        config = a.config
+        self.snapshot_every = self._snapshot_every_override or max(1, config.snapshot_every)
         self._moved.clear()
         self._start_watcher(a.generation)
         timeout_s = config.collective_timeout_s or 30.0
@@ -704,12 +719,12 @@ class Session:
         self.engine.local_agent = os.environ.get("FTRAIN_AGENT_ADDRESS", "") if self.recovery == "restart" else ""
         self.engine.compression = config.compress or "none"
         self._last_capture = None
-        self._inject_faults(entering_generation=a.generation)  # `@gen=G`: a failure during recovery
+        self.inject_faults(entering_generation=a.generation)  # `@gen=G`: a failure during recovery
         if a.restore_step < 0:
             self._fresh_start()
         else:
             self._restore(a)
-        self._report_state()
+        self.report_state()
         self._joined = True
         log.info("rank %d/%d in generation %d at step %d", self.rank, self.world_size, self.generation, self.step)
         if self.on_generation is not None:
@@ -908,7 +923,7 @@ class Session:
                 return index
         return -1
 
-    def _inject_faults(self, entering_generation: int | None = None) -> None:
+    def inject_faults(self, entering_generation: int | None = None) -> None:
         for fault in self._faults:
             if entering_generation is not None:
                 if fault.generation != entering_generation:
@@ -955,7 +970,7 @@ class Session:
             except GeneratorExit:  # a break: the step counts as done, as in the distributed loop
                 self._advance()
                 raise
-            self._end_step()
+            self.end_compute()
             self._advance()
             if self.step % self.snapshot_every == 0:
                 started = time.perf_counter()
