@@ -338,3 +338,22 @@ def test_each_injected_fault_fires_once_and_unknown_ones_never() -> None:
     assert ok and [e.kind for e in fx.events] == ["inject"]
     assert not job.m.on_fault_claim(pb.FaultClaim(fault="kill-rank:1@step=5", rank=1, step=5))[0]
     assert not job.m.on_fault_claim(pb.FaultClaim(fault="kill-node:0@step=1"))[0]
+
+
+def test_a_live_member_that_never_joins_the_forming_generation_is_killed_after_the_bound() -> None:
+    job = Job(hang_timeout_s=40.0).running("node0", "node1")
+    job.fx(job.m.on_failure_report(1.0, pb.FailureReport(generation=0, rank=1, reason="timeout")))
+    job.at(1.0)
+    job.join("node0")
+    for t in range(2, 42):  # node1's trainer pulses (not frozen) but is stuck outside ftrain: it never joins
+        job.at(float(t))
+        job.pulse("node0", 0, 1), job.pulse("node1", 1, 1)
+        job.heartbeat("node0"), job.heartbeat("node1")
+        job.tick()
+        if t < 41:  # the bound is max(30 s, the hang timeout) from when the generation opened
+            assert not job.m.commands.get("node1"), t
+    assert job.m.commands.get("node1") == ["kill-trainer:0"]
+    assert any("did not join the new generation within 40 s" in e.message for fx in job.effects for e in fx.events)
+    job.at(42.0)
+    job.tick()
+    assert job.m.commands.get("node1") == ["kill-trainer:0"]  # killed once, not at every tick
