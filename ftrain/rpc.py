@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -150,3 +151,36 @@ def describe_rpc_error(error: grpc.RpcError, target: str) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"{target} did not answer in time"
     return f"{target}: {code.name if code else 'error'}: {details}"
+
+
+class PeerUnavailable(RuntimeError):
+    """A coordinator, aggregator or agent could not be reached within the connect timeout."""
+
+
+class Unauthenticated(RuntimeError):
+    """The peer refused this process's job token."""
+
+
+T = TypeVar("T")
+
+
+def call_retrying(call: Callable[[], T], target: str, connect_timeout_s: float, *, retry_unavailable: bool = True,
+                  interval_s: float = 0.25, hint: str = "") -> T:
+    """The one retry policy for RPCs to a peer that may be starting or restarting: `call()` is
+    retried every `interval_s` while it fails UNAVAILABLE, for up to `connect_timeout_s`. A refused
+    token raises Unauthenticated at once; UNAVAILABLE past the deadline, or DEADLINE_EXCEEDED,
+    raises PeerUnavailable (with `hint` appended); any other error is raised as it is."""
+    deadline = time.monotonic() + connect_timeout_s
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise Unauthenticated(describe_rpc_error(error, target)) from None
+            if code == grpc.StatusCode.UNAVAILABLE and retry_unavailable and time.monotonic() < deadline:
+                time.sleep(interval_s)
+                continue
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise PeerUnavailable(describe_rpc_error(error, target) + hint) from None
+            raise

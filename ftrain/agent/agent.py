@@ -27,7 +27,8 @@ from ftrain.agent.checkpoint import CheckpointWriter
 from ftrain.agent.dataplane import ShardDataServer
 from ftrain.agent.store import AgentServicer, ShardStore
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
-from ftrain.rpc import add_health_and_reflection, bind, describe_rpc_error, make_server, open_channel, token_metadata
+from ftrain.rpc import (PeerUnavailable, Unauthenticated, add_health_and_reflection, bind, call_retrying,
+                        describe_rpc_error, make_server, open_channel, token_metadata)
 from ftrain.snapshot.transfer import AgentPool
 
 log = logging.getLogger("ftrain.agent")
@@ -145,14 +146,14 @@ class Agent:
                                           ec_backend=_codec_backend(),
                                           held=[pb.HeldShard(blob_info=info, index=index)
                                                 for info, index in self.store.held()])
-        while True:
-            try:
-                response = self.stub.RegisterAgent(request, timeout=5.0, metadata=self.metadata)
-                break
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
-                    raise AgentError(describe_rpc_error(error, f"coordinator {self.coordinator}")) from None
-                time.sleep(0.5)
+        try:
+            response = call_retrying(lambda: self.stub.RegisterAgent(request, timeout=5.0, metadata=self.metadata),
+                                     f"coordinator {self.coordinator}", max(0.0, deadline - time.monotonic()),
+                                     interval_s=0.5)
+        except (PeerUnavailable, Unauthenticated) as error:
+            raise AgentError(str(error)) from None
+        except grpc.RpcError as error:
+            raise AgentError(describe_rpc_error(error, f"coordinator {self.coordinator}")) from None
         self.node_id = response.node_id
         self._node_ref[0] = response.node_id
         self.recovery = response.config.recovery or "inprocess"

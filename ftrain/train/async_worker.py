@@ -44,14 +44,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
-import grpc
 import torch
 
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.proto.ftrain.v1 import coordinator_pb2_grpc
-from ftrain.rpc import CHUNK_BYTES, describe_rpc_error, open_channel, token_metadata
+from ftrain.rpc import CHUNK_BYTES, call_retrying, open_channel, token_metadata
 from ftrain.snapshot.erasure import shard_checksum
-from ftrain.train.client import CoordinatorClient, CoordinatorUnavailable, JobFailed, Unauthenticated
+from ftrain.train.client import CoordinatorClient, CoordinatorUnavailable, JobFailed
 from ftrain.train.data import ElasticSampler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,20 +116,7 @@ class AggregatorClient:
         self.metadata = token_metadata(token)
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + self.connect_timeout_s
-        while True:
-            try:
-                return fn()
-            except grpc.RpcError as error:
-                code = error.code()
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    raise Unauthenticated(describe_rpc_error(error, f"aggregator {self.address}")) from None
-                if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
-                    time.sleep(0.25)
-                    continue
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise CoordinatorUnavailable(describe_rpc_error(error, f"aggregator {self.address}")) from None
-                raise
+        return call_retrying(fn, f"aggregator {self.address}", self.connect_timeout_s)
 
     def hello(self, request: pb.AggregatorHello) -> pb.AggregatorWelcome:
         deadline = time.monotonic() + max(self.connect_timeout_s, 90.0)

@@ -2,22 +2,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable
 
-import grpc
 
 from ftrain.config import TrainerEnv
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb, coordinator_pb2_grpc
-from ftrain.rpc import describe_rpc_error, open_channel, token_metadata
+from ftrain.rpc import PeerUnavailable as CoordinatorUnavailable, Unauthenticated, call_retrying, open_channel, \
+    token_metadata
 
-
-class CoordinatorUnavailable(RuntimeError):
-    """The coordinator could not be reached within the connect timeout."""
-
-
-class Unauthenticated(RuntimeError):
-    """The coordinator refused this trainer's job token."""
+__all__ = ["CoordinatorClient", "CoordinatorUnavailable", "JobFailed", "Unauthenticated"]
 
 
 class JobFailed(RuntimeError):
@@ -33,23 +26,11 @@ class CoordinatorClient:
         self.metadata = token_metadata(env.token)
 
     def call(self, method: str, request: object, timeout: float = 10.0, retry_unavailable: bool = True) -> Any:
-        deadline = time.monotonic() + self.connect_timeout_s
-        while True:
-            try:
-                return getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata)
-            except grpc.RpcError as error:
-                code = error.code()
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    raise Unauthenticated(describe_rpc_error(error, f"coordinator {self.env.coordinator}")) from None
-                if code == grpc.StatusCode.UNAVAILABLE and retry_unavailable and time.monotonic() < deadline:
-                    time.sleep(0.25)
-                    continue
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise CoordinatorUnavailable(
-                        describe_rpc_error(error, f"coordinator {self.env.coordinator}")
-                        + f" (gave up after {self.connect_timeout_s:.0f} s; set FTRAIN_CONNECT_TIMEOUT to wait longer)"
-                    ) from None
-                raise
+        return call_retrying(lambda: getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata),
+                             f"coordinator {self.env.coordinator}", self.connect_timeout_s,
+                             retry_unavailable=retry_unavailable,
+                             hint=f" (gave up after {self.connect_timeout_s:.0f} s; set FTRAIN_CONNECT_TIMEOUT to "
+                                  f"wait longer)")
 
     def join(self, trainer_uid: str, known_generation: int) -> pb.GenerationAssignment:
         while True:
