@@ -22,7 +22,7 @@ import numpy as np
 from ftrain.agent.store import ShardStore
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import durable
-from ftrain.snapshot.erasure import ReedSolomon, shard_checksum
+from ftrain.snapshot.erasure import shard_checksum
 from ftrain.snapshot.rebuild import SnapshotLost, rebuild_blob
 from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
 
@@ -53,7 +53,6 @@ class CheckpointWriter:
         self._orders: "queue.Queue[pb.CheckpointOrder | None]" = queue.Queue()
         self._results: list[pb.CheckpointResult] = []
         self._lock = threading.Lock()
-        self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self._fetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftrain-ckpt-fetch")
         self._thread = threading.Thread(target=self._run, name="ftrain-checkpoint", daemon=True)
         self._thread.start()
@@ -123,11 +122,6 @@ class CheckpointWriter:
         if self.on_result is not None:
             self.on_result()
 
-    def _codec(self, k: int, m: int) -> ReedSolomon:
-        if (k, m) not in self._codecs:
-            self._codecs[(k, m)] = ReedSolomon(k, m)
-        return self._codecs[(k, m)]
-
     def _read_shard(self, info: pb.BlobInfo, location: pb.ShardLocation) -> np.ndarray:
         if location.node_id == self.node_id_ref[0]:
             shard = self.store.acquire(info.blob_id, location.index)
@@ -144,5 +138,5 @@ class CheckpointWriter:
 
     def _rebuild(self, info: pb.BlobInfo) -> np.ndarray:
         mine = {self.node_id_ref[0]}
-        return rebuild_blob(info, lambda location: self._read_shard(info, location), self._fetch, self._codec,
+        return rebuild_blob(info, lambda location: self._read_shard(info, location), self._fetch,
                             live_nodes=mine)

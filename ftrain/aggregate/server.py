@@ -57,7 +57,7 @@ from ftrain.proto.ftrain.v1 import agent_pb2 as apb
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.proto.ftrain.v1 import coordinator_pb2_grpc
 from ftrain.rpc import CHUNK_BYTES, open_channel, token_metadata
-from ftrain.snapshot.erasure import ReedSolomon, shard_checksum, split_blob
+from ftrain.snapshot.erasure import codec, shard_checksum, split_blob
 from ftrain.snapshot.placement import effective_code, place_blobs
 from ftrain.snapshot.transfer import AgentPool
 from ftrain.textfmt import natural_key
@@ -186,7 +186,6 @@ class StateProtector:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ftrain-agg-shard")
-        self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self.slot = 0
         self.submitted_seq = 0     # tickets: every submit gets the next one
         self.stored_seq = 0        # newest ticket stored (a stored snapshot covers every older ticket)
@@ -261,11 +260,6 @@ class StateProtector:
                     self.last_duration_s = time.monotonic() - started
                 self.cond.notify_all()
 
-    def _codec(self, k: int, m: int) -> ReedSolomon:
-        if (k, m) not in self._codecs:
-            self._codecs[(k, m)] = ReedSolomon(k, m)
-        return self._codecs[(k, m)]
-
     def _live(self) -> list[tuple[str, str]]:
         now = time.monotonic()
         return [(node, address) for node, address in self.agents()
@@ -295,20 +289,12 @@ class StateProtector:
             data = split_blob(blob, k)
             shards = [data[i] for i in range(k)]
             if m:
-                parity = self._codec(k, m).encode(data)
+                parity = codec(k, m).encode(data)
                 shards += [parity[i] for i in range(m)]
             crcs = [shard_checksum(np.ascontiguousarray(s)) for s in shards]
             blob_id = f"aggregator-{self.slot}"
-            futures = [self._io.submit(self.pool.put_shard, address[node], blob_id, i, job.version, shards[i], crcs[i],
-                                       timeout=self.put_timeout_s) for i, node in enumerate(row)]
-            problems = []
-            for future, node in zip(futures, row):
-                try:
-                    future.result()
-                except grpc.RpcError as exc:
-                    problems.append(f"{node}: {exc.code().name if hasattr(exc, 'code') else exc}")
-                except OSError as exc:  # shard data plane: refused, unreachable, timed out
-                    problems.append(f"{node}: {exc}")
+            problems = self.pool.put_shards(self._io, [(node, address[node]) for node in row], blob_id, job.version,
+                                            shards, crcs, timeout=self.put_timeout_s)
             if problems:
                 error = "shard transfer failed on " + ", ".join(problems)
                 continue

@@ -24,7 +24,7 @@ from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.rpc import describe_rpc_error
 from ftrain.snapshot import compress
 from ftrain.snapshot import layout as lay
-from ftrain.snapshot.erasure import ReedSolomon, shard_checksum, shard_length
+from ftrain.snapshot.erasure import codec, shard_checksum, shard_length
 from ftrain.snapshot.placement import effective_code, place_blobs
 from ftrain.snapshot.dataplane import lower_thread_priority
 from ftrain.snapshot.rebuild import rebuild_blob
@@ -86,7 +86,6 @@ class SnapshotEngine:
         self._last_job: _Job | None = None
         self._queue: "queue.Queue[_Job | None]" = queue.Queue()
         self._worker: threading.Thread | None = None
-        self._codecs: dict[tuple[int, int], ReedSolomon] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ftrain-shard")
         self.encoded_bytes = 0
         self._stream: "torch.cuda.Stream | None" = None  # side stream for device-to-host snapshot copies
@@ -97,11 +96,6 @@ class SnapshotEngine:
         # restart mode: this node's agent (gRPC address) also keeps the whole blob (shard index
         # FULL_COPY), so a restarted trainer reads it back from there instead of decoding shards
         self.local_agent = ""
-
-    def codec(self, k: int, m: int) -> ReedSolomon:
-        if (k, m) not in self._codecs:
-            self._codecs[(k, m)] = ReedSolomon(k, m)
-        return self._codecs[(k, m)]
 
     # -- configuration per generation --------------------------------------------------------
     def configure(self, generation: int, rank: int, world_size: int, members: list[pb.Member], ec_k: int, ec_m: int) -> None:
@@ -245,7 +239,7 @@ class SnapshotEngine:
         if m:
             if self._parity.shape != (m, length):
                 self._parity = np.empty((m, length), dtype=np.uint8)
-            self.codec(k, m).encode(data, out=self._parity)
+            codec(k, m).encode(data, out=self._parity)
             shards += [self._parity[i] for i in range(m)]
             self.encoded_bytes += len(blob.buffer)
         blob_crc = lay.blob_checksum(blob.buffer)  # from the header's CRC: no second pass over the blob
@@ -269,15 +263,10 @@ class SnapshotEngine:
         if self.local_agent:  # restart mode: a whole copy on this node's agent outlives this process
             self.agents.put_shard(self.local_agent, blob.blob_id, FULL_COPY, blob.step, blob.buffer[:blob.size],
                                   blob_crc, b"", deadline)
-        if len(placement.targets) == 1:  # one target (2 nodes): no hand-off to the pool
-            self.agents.put_shard(placement.targets[0][1], blob.blob_id, 0, blob.step, shards[0], crcs[0],
-                                  info_bytes, deadline)
-        else:
-            futures = [self._pool.submit(self.agents.put_shard, address, blob.blob_id, i, blob.step, shards[i],
-                                         crcs[i], info_bytes, deadline)
-                       for i, (_node, address) in enumerate(placement.targets)]
-            for future in futures:
-                future.result()
+        problems = self.agents.put_shards(self._pool, placement.targets, blob.blob_id, blob.step, shards, crcs,
+                                          info_bytes, deadline)
+        if problems:
+            raise OSError("shard transfer failed on " + ", ".join(problems))
         # the coordinator answers once the step is committed (every rank's blob placed): one call, and
         # the training loop learns of the commit without asking
         ack = self.report(pb.SnapshotReport(trainer_uid=self.trainer_uid, generation=blob.generation,
@@ -312,7 +301,7 @@ class SnapshotEngine:
         agents = self.agents
         assert agents is not None
         return rebuild_blob(info, lambda s: agents.get_shard(s.address, info.blob_id, s.index, s.crc32), self._pool,
-                            self.codec, live_nodes)
+                            live_nodes)
 
     def close(self) -> None:
         self._queue.put(None)

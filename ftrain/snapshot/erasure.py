@@ -655,3 +655,9 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
         n >>= 1
         k += 1
     return _crc_multiply(factor, crc1 & 0xFFFFFFFF) ^ (crc2 & 0xFFFFFFFF)
+
+
+@lru_cache(maxsize=64)
+def codec(k: int, m: int) -> ReedSolomon:
+    """The process's codec for RS(k, m): its tables are built once (a ReedSolomon is thread-safe)."""
+    return ReedSolomon(k, m)

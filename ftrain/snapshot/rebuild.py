@@ -17,7 +17,7 @@ import numpy as np
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.rpc import describe_rpc_error
 from ftrain.snapshot import compress
-from ftrain.snapshot.erasure import NotEnoughShardsError, ReedSolomon, join_blob, shard_checksum
+from ftrain.snapshot.erasure import NotEnoughShardsError, codec, join_blob, shard_checksum
 from ftrain.snapshot.transfer import ShardCorrupted
 
 log = logging.getLogger("ftrain.snapshot")
@@ -28,7 +28,7 @@ class SnapshotLost(RuntimeError):
 
 
 def rebuild_blob(info: pb.BlobInfo, read_shard: Callable[[pb.ShardLocation], np.ndarray], pool: Executor,
-                 codec: Callable[[int, int], ReedSolomon], live_nodes: set[str] | None = None) -> np.ndarray:
+                 live_nodes: set[str] | None = None) -> np.ndarray:
     """The blob `info` describes, from any k good shards. Shards on `live_nodes` are read first: a
     partitioned node does not refuse connections, it swallows them. Raises SnapshotLost."""
     k = info.k

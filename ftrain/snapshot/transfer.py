@@ -7,8 +7,9 @@ FTRAIN_SHARD_TRANSPORT=grpc). Either way a shard is checked against its CRC on a
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Executor
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -91,6 +92,25 @@ class AgentPool:
                     return
 
         self.stub(address).PutShard(chunks(), timeout=timeout, metadata=self.metadata)
+
+    def put_shards(self, executor: Executor, targets: Sequence[tuple[str, str]], blob_id: str, step: int,
+                   shards: Sequence[np.ndarray], crcs: Sequence[int], blob_info: bytes = b"",
+                   timeout: float = 60.0) -> list[str]:
+        """Puts shard i on targets[i] = (node, address), all at once on `executor` (one target: on
+        this thread). Returns a 'node: why' for each shard that was not stored."""
+        def put(i: int) -> None:
+            self.put_shard(targets[i][1], blob_id, i, step, shards[i], crcs[i], blob_info, timeout)
+
+        problems = []
+        futures = [executor.submit(put, i) for i in range(len(targets))] if len(targets) > 1 else []
+        for i, (node, _address) in enumerate(targets):
+            try:
+                futures[i].result() if futures else put(i)
+            except grpc.RpcError as error:
+                problems.append(f"{node}: {error.code().name if hasattr(error, 'code') else error}")
+            except OSError as error:  # shard data plane: refused, unreachable, timed out, corrupted
+                problems.append(f"{node}: {error}")
+        return problems
 
     def get_shard(self, address: str, blob_id: str, index: int, expected_crc: int, timeout: float = 60.0) -> np.ndarray:
         data_address = self.data_address(address, timeout)
