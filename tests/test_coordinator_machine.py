@@ -255,9 +255,13 @@ def test_a_frozen_member_of_a_forming_generation_is_killed_so_the_generation_for
 
 
 def test_restart_mode_orders_every_agent_to_restart_and_gives_each_generation_a_store() -> None:
-    job = Job(recovery="restart").running("node0", "node1")
-    assert [fx.store_for for fx in job.effects if fx.store_for is not None] == [0]
-    job.m.set_store(0, "127.0.0.1:7000")
+    job = Job(recovery="restart")
+    job.m.provide_store("127.0.0.1:7000")  # the host provides the first generation's store
+    job.running("node0", "node1")
+    assert [fx.need_store for fx in job.effects].count(True) == 1  # and one for the next, once g0 formed
+    job.m.provide_store("127.0.0.1:7001")
+    assert job.m.plan is not None and job.m.plan.store_address == "127.0.0.1:7000"
+    assert job.join("node1", first=False) is not None
     job.fx(job.m.on_trainer_exit(1.0, pb.TrainerExit(node_id="node0", local_rank=0, exit_code=1, will_restart=True,
                                                      uptime_s=1.0))[1])
     job.at(1.2)
@@ -266,15 +270,16 @@ def test_restart_mode_orders_every_agent_to_restart_and_gives_each_generation_a_
     job.tick()  # ordered once per generation
     assert job.m.commands == {"node0": ["restart-trainers:1"], "node1": ["restart-trainers:1"]}
     job.restart_trainer("node0"), job.restart_trainer("node1")
-    assignments = job.form("node0", "node1")
-    assert any(fx.store_for == 1 for fx in job.effects)
-    job.m.set_store(1, "127.0.0.1:7001")
-    assert job.m.assignment(job.m.plan, 0).store_address == "127.0.0.1:7001"  # type: ignore[arg-type]
-    assert {a.generation for a in assignments.values()} == {1}
+    job.known = {}
+    assert job.join("node0") is None
+    forming = job.join("node1")  # this call forms generation 1: its answer already names the new store
+    assert forming is not None and (forming.generation, forming.store_address) == (1, "127.0.0.1:7001")
+    other = job.join("node0", first=False)
+    assert other is not None and other.store_address == "127.0.0.1:7001" and job.m.next_store == ""
 
 
 def test_job_completes_when_every_rank_finished_at_one_step() -> None:
-    job = Job(inject=(parse_fault("kill-node:1@step=100"),)).running("node0", "node1")
+    job = Job(inject=(parse_fault("kill-node:1@step=100"), parse_fault("slow-rank:0x2.0"))).running("node0", "node1")
     job.snapshot("node0", 0, 60), job.snapshot("node1", 1, 60)
     job.finished(0, 60)
     assert job.m.job_state == "running"

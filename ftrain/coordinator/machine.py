@@ -4,7 +4,8 @@ Every input the coordinator gets is one `on_*` method that takes the time `now`:
 registers, heartbeats or is found unreachable, a trainer exits, joins, reports a snapshot, a
 pulse, a failed collective, its end or its own exception, and the ticker's `on_tick(now)`.
 Each returns `Effects`: the events to log, the metric updates to apply, whether blocked callers
-must wake up, and (restart mode) which new generation needs a rendezvous store. Commands and
+must wake up, and (restart mode) whether a fresh rendezvous store must be provided for the next
+generation (the one provided is handed to a generation as it forms). Commands and
 durable-checkpoint orders for agents are queued here and handed out by `on_heartbeat`.
 
 No I/O, no threads, no clock and no logging: ftrain.coordinator.server applies the effects
@@ -55,7 +56,7 @@ class Effects:
     events: list[Event] = field(default_factory=list)
     metrics: list[MetricUpdate] = field(default_factory=list)
     wake: bool = False  # state that blocked callers wait on changed
-    store_for: int | None = None  # restart mode: this generation's plan needs its own rendezvous store
+    need_store: bool = False  # restart mode: provide_store() a fresh rendezvous store for the next generation
 
 
 @dataclass
@@ -118,6 +119,8 @@ class CoordinatorMachine:
         self.checkpoint_orders: dict[str, list[pb.CheckpointOrder]] = collections.defaultdict(list)
         self.killed_forming: set[str] = set()  # trainer uids killed for not joining a forming generation
         self.restart_ordered = -1  # restart mode: the pending generation every trainer was ordered to restart into
+        self.next_store = ""  # restart mode: the rendezvous store the next generation gets (provide_store; the
+        # host provides the first one)
         self._fx = Effects()
 
     # -- effects ---------------------------------------------------------------------------------
@@ -134,10 +137,10 @@ class CoordinatorMachine:
     def _wake(self) -> None:
         self._fx.wake = True
 
-    def set_store(self, generation: int, address: str) -> None:
-        """Restart mode: the rendezvous store made for `generation` (Effects.store_for)."""
-        if self.plan is not None and self.plan.generation.number == generation:
-            self.plan.store_address = address
+    def provide_store(self, address: str) -> None:
+        """Restart mode: a fresh rendezvous store (Effects.need_store) for the next generation that
+        forms, so a script's env:// init_process_group never sees an earlier generation's keys."""
+        self.next_store = address
 
     # -- agents ----------------------------------------------------------------------------------
     def on_register(self, now: float, request: pb.RegisterAgentRequest) -> tuple[str, Effects]:
@@ -574,7 +577,8 @@ class CoordinatorMachine:
         self._metric("straggler_score", "clear")
         self.plan = GenerationPlan(generation, restore_step, blobs)
         if self.settings.recovery == "restart":
-            self._fx.store_for = generation.number
+            self.plan.store_address, self.next_store = self.next_store, ""
+            self._fx.need_store = True
         self.catalog.open_generation(generation.number, generation.world_size)
         self.finished.clear()
         self.failed_at.clear()
@@ -721,8 +725,9 @@ class CoordinatorMachine:
             self._wake()
 
     def _warn_unfired(self) -> None:
-        """The job ended: one `fault-not-fired` warning event per --inject spec that never fired."""
-        for spec in unfired_faults([f.raw for f in self.settings.inject], self.fired_faults):
+        """The job ended: one `fault-not-fired` warning event per --inject spec that never fired
+        (slow-rank is no event: it slows its rank from the start)."""
+        for spec in unfired_faults([f.raw for f in self.settings.inject if f.kind != "slow-rank"], self.fired_faults):
             warning = unfired_warning(spec, self.catalog.newest_committed)
             self.unfired.append(warning)
             self._event("fault-not-fired", warning, warning=True, fault=spec)

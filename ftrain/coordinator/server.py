@@ -66,8 +66,8 @@ class CoordinatorState:
             else:
                 target = metric.labels(**update.labels) if update.labels else metric
                 getattr(target, update.op)(update.value)
-        if fx.store_for is not None and self.new_store is not None:
-            self.machine.set_store(fx.store_for, self.new_store())
+        if fx.need_store and self.new_store is not None:
+            self.machine.provide_store(self.new_store())
         if fx.wake:
             self.cond.notify_all()
 
@@ -312,6 +312,8 @@ class Coordinator:
         self.state = CoordinatorState(settings, f"{host}:{self.store.port}", self.metrics)
         self._generation_stores: collections.deque[Any] = collections.deque(maxlen=3)
         self.state.new_store = self._new_store
+        if settings.recovery == "restart":  # the first generation's; each one formed asks for the next
+            self.state.machine.provide_store(self._new_store())
         for problem in passed:
             self.state.event("checkpoint-passed-over", problem)
         if resume is not None:
