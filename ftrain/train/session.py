@@ -40,7 +40,7 @@ from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
 from ftrain.snapshot import durable
 from ftrain.snapshot.rebuild import SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
-from ftrain.train import collectives
+from ftrain.train import collectives, state as train_state
 from ftrain.textfmt import short_reason
 from ftrain.train.client import CoordinatorClient, JobFailed
 from ftrain.train.data import ElasticSampler, make_collate
@@ -124,39 +124,6 @@ def _install_hooks(session: "Session") -> None:
     if first:
         sys.excepthook = _excepthook
         atexit.register(_at_exit)
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard (FSDP2: this rank's part, captured by its owner); others as they are."""
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) and hasattr(tensor, "placements") else tensor
-
-
-def _placements(model_state: dict[str, Any], optimizer_state: dict[Any, Any]) -> dict[str, str]:
-    """name -> 'mesh shape / placements / global shape' of every DTensor in the state."""
-    out = {}
-    named = [(f"model/{n}", t) for n, t in model_state.items()]
-    named += [(f"optim/{pid}/{k}", v) for pid, entry in optimizer_state.items() for k, v in entry.items()]
-    for name, tensor in named:
-        if hasattr(tensor, "placements") and hasattr(tensor, "device_mesh"):
-            out[name] = f"mesh {tuple(tensor.device_mesh.shape)} / {tuple(str(p) for p in tensor.placements)} / " \
-                        f"global {tuple(tensor.shape)}"
-    return out
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Session:
@@ -523,23 +490,8 @@ class Session:
     def _replicated(self) -> tuple[list[tuple[str, torch.Tensor]], dict]:
         """The state every rank holds alike (parameters, optimizer state), captured 1/N per rank.
         Buffers are per rank under DDP semantics (each forward starts from rank 0's): see _meta."""
-        model_state = self.module.state_dict()
-        tensors = [(f"model/{name}", _local(t)) for name, t in model_state.items() if name not in self._buffer_names]
-        opt = self.optimizer.state_dict()
-        opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
-        for pid in sorted(opt["state"]):
-            entry: dict[str, Any] = {}
-            for key in sorted(opt["state"][pid]):
-                value = opt["state"][pid][key]
-                if isinstance(value, torch.Tensor):
-                    tensors.append((f"optim/{pid}/{key}", _local(value)))
-                    entry[key] = None
-                else:
-                    entry[key] = value
-            opt_meta["state"][pid] = entry
-        if self._sharded:  # sharded (FSDP2) state: how each DTensor is laid out, checked at restore
-            opt_meta["placements"] = _placements(model_state, opt["state"])
-        return tensors, opt_meta
+        return train_state.split_state(self.module.state_dict(), self.optimizer.state_dict(), self._buffer_names,
+                                       self._sharded)
 
     def _layout(self, named: list[tuple[str, torch.Tensor]]) -> lay.StateLayout:
         """The state's layout, rebuilt only when a tensor's name, dtype or shape changed (the
@@ -554,7 +506,7 @@ class Session:
             "step": self.step, "generation": self.generation, "rank": self.rank, "world_size": self.world_size,
             "whole": self._sharded,  # all of this rank's state (its own shards), not a 1/N slice
             "optimizer": opt_meta, "sampler": self.sampler.state_dict() if self.sampler else None,
-            "rng": _rng_state(),
+            "rng": train_state.rng_state(),
             "registered": {name: obj.state_dict() for name, obj in self.registered.items()},
             "buffers": {name: t.detach().to("cpu", copy=True) for name, t in self.module.state_dict().items()
                         if name in self._buffer_names},
@@ -799,45 +751,26 @@ class Session:
             raise SnapshotLost(f"the snapshot of step {a.restore_step} holds replicated slices, not this rank's own "
                                f"state; it was written by a job that left the process group to ftrain")
         model_state = self.module.state_dict()
-        current = _placements(model_state, self.optimizer.state_dict()["state"])
-        saved = meta["optimizer"].get("placements", {})
-        if {k: v for k, v in saved.items() if k.startswith("model/")} != \
-                {k: v for k, v in current.items() if k.startswith("model/")}:
-            diff = sorted(k for k in set(saved) | set(current) if k.startswith("model/") and saved.get(k) != current.get(k))
-            raise SnapshotLost(f"the sharding differs from the snapshot's: {diff[0]} was {saved.get(diff[0])!r}, "
-                               f"is now {current.get(diff[0])!r} ({len(diff)} tensor(s) differ); build the model, mesh "
-                               f"and fully_shard() calls as the job that wrote it did")
+        mismatch = train_state.placement_mismatch(meta["optimizer"].get("placements", {}), train_state.placements(
+            model_state, self.optimizer.state_dict()["state"]))
+        if mismatch:
+            raise SnapshotLost(mismatch)
         entries = tuple(lay.TensorEntry(*e) for e in meta["layout"])
         flat = lay.assemble(meta["total"], [(0, payload)])
         views = lay.tensors_from_flat(lay.StateLayout(entries, meta["total"]), flat)
         with torch.no_grad():
             for name, tensor in model_state.items():
                 if name not in self._buffer_names:
-                    _local(tensor).copy_(views[f"model/{name}"])
+                    train_state.local(tensor).copy_(views[f"model/{name}"])
             for name, value in meta.get("buffers", {}).items():
-                _local(model_state[name]).copy_(value)
+                train_state.local(model_state[name]).copy_(value)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        state: dict[Any, dict[str, Any]] = {}
-        for pid, entry in meta["optimizer"]["state"].items():
-            param = params[pid]
-            state[pid] = {}
-            for key, value in entry.items():
-                if value is not None:
-                    state[pid][key] = value
-                    continue
-                local = views[f"optim/{pid}/{key}"].clone()
-                if f"optim/{pid}/{key}" in saved and hasattr(param, "placements"):
-                    from torch.distributed.tensor import DTensor
-
-                    local = DTensor.from_local(local, param.device_mesh, param.placements, run_check=False,
-                                               shape=param.shape, stride=param.stride())
-                state[pid][key] = local
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        self.optimizer.load_state_dict(train_state.optimizer_state(views, meta["optimizer"], params))
         self._restore_common(a, meta, meta)
 
     def _restore_common(self, a: pb.GenerationAssignment, first_meta: dict, own_meta: dict) -> None:
         """RNG, registered objects, data position and step: the same for either kind of restore."""
-        _set_rng_state(own_meta["rng"])
+        train_state.set_rng_state(own_meta["rng"])
         self._restored_registered = dict(own_meta["registered"])
         for name, obj in self.registered.items():
             if name in self._restored_registered:
@@ -876,12 +809,7 @@ class Session:
         model_state = {name[6:]: t for name, t in views.items() if name.startswith("model/")}
         model_state.update(own[0].get("buffers", {}))
         self.module.load_state_dict(model_state)
-        opt_meta = first_meta["optimizer"]
-        state: dict[Any, dict[str, Any]] = {}
-        for pid, entry in opt_meta["state"].items():
-            state[pid] = {key: (views[f"optim/{pid}/{key}"].clone() if value is None else value)
-                          for key, value in entry.items()}
-        self.optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+        self.optimizer.load_state_dict(train_state.optimizer_state(views, first_meta["optimizer"]))
         self._restore_common(a, first_meta, own[0])
 
     # -- watcher and faults ------------------------------------------------------------------
