@@ -98,8 +98,8 @@ def parse_fault(spec: str) -> FaultSpec:
     factor = float(match.group("factor")) if match.group("factor") is not None else None
     generation = int(match.group("gen")) if match.group("gen") is not None else None
     if generation is not None:
-        if kind not in ("kill-rank", "kill-node"):
-            raise ConfigError(f"--inject: @gen=G is for kill-rank and kill-node; got {spec!r}")
+        if kind not in ("kill-rank", "kill-node", "hang-rank"):
+            raise ConfigError(f"--inject: @gen=G is for kill-rank, kill-node and hang-rank; got {spec!r}")
         if generation < 1:
             raise ConfigError(f"--inject: @gen=G needs G >= 1 (a recovery into generation G); got {spec!r}")
         return FaultSpec(kind=kind, target=target, generation=generation, raw=text)

@@ -21,7 +21,6 @@ import atexit
 import logging
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -33,14 +32,14 @@ import numpy as np
 import torch
 
 from ftrain import metrics
-from ftrain.config import ConfigError, FaultSpec, TrainerEnv, parse_fault
+from ftrain.config import ConfigError, TrainerEnv
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import layout as lay
 from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
 from ftrain.snapshot import durable
 from ftrain.snapshot.rebuild import SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
-from ftrain.train import collectives, state as train_state
+from ftrain.train import collectives, faults, state as train_state
 from ftrain.textfmt import short_reason
 from ftrain.train.client import CoordinatorClient, JobFailed
 from ftrain.train.data import ElasticSampler, make_collate
@@ -197,8 +196,7 @@ class Session:
         self.recovery = "inprocess"  # the job's recovery mode (from the generation's config)
         self._high_water = 0  # one past the highest step whose loop body has run
         self._compute_start = self._comm_before = 0.0
-        self._faults: list[FaultSpec] = []
-        self._slow_factor = 1.0
+        self._faults = faults.FaultPlan()
         self._committed_step = -1
         self._last_capture: int | None = None
         self._layout_key: list[tuple[str, torch.dtype, torch.Size]] = []
@@ -457,9 +455,10 @@ class Session:
         """After the loop body: compute time for straggler detection (waits in the gradient
         all-reduce excluded), and `slow-rank` fault injection."""
         compute = time.perf_counter() - self._compute_start - (self.reducer.comm_wait_s - self._comm_before)
-        if self._slow_factor > 1.0:
-            time.sleep(compute * (self._slow_factor - 1.0))
-            compute *= self._slow_factor
+        slow = self._faults.slow_factor
+        if slow > 1.0:
+            time.sleep(compute * (slow - 1.0))
+            compute *= slow
         self._compute_s += compute
         self._compute_n += 1
 
@@ -643,9 +642,8 @@ class Session:
         """Takes a generation's identity: rank, world size, members, and its faults to inject."""
         self.generation, self.rank, self.world_size = a.generation, a.rank, a.world_size
         self._members = list(a.members)
-        self._faults = [parse_fault(spec) for spec in a.config.inject]
-        self._slow_factor = max([f.factor or 1.0 for f in self._faults if f.kind == "slow-rank" and f.target == a.rank],
-                                default=1.0)
+        node_index = next((i for i, m in enumerate(self._members) if self.env and m.node_id == self.env.node_id), -1)
+        self._faults = faults.FaultPlan.of(a.config.inject, a.rank, node_index, self.env.local_rank if self.env else 0)
 
     def _enter_generation(self, a: pb.GenerationAssignment) -> None:
         self.adopt(a)
@@ -845,41 +843,13 @@ class Session:
 
         threading.Thread(target=watch, name=f"ftrain-watch-g{generation}", daemon=True).start()
 
-    def _node_index(self) -> int:
-        for index, member in enumerate(self._members):
-            if member.node_id == self._env.node_id:
-                return index
-        return -1
-
     def inject_faults(self, entering_generation: int | None = None) -> None:
-        for fault in self._faults:
-            if entering_generation is not None:
-                if fault.generation != entering_generation:
-                    continue
-            elif fault.step != self.step or fault.generation is not None:
-                continue
-            if fault.kind in ("kill-rank", "hang-rank") and fault.target == self.rank:
-                pass
-            elif fault.kind == "kill-node" and fault.target == self._node_index() and self._env.local_rank == 0:
-                pass
-            elif fault.kind == "corrupt-shard" and self.rank == 0:
-                pass
-            else:
-                continue
+        """A fault point (`--inject`): at each step's start, and as the rank enters a generation."""
+        for fault in self._faults.due(self.step, entering_generation):
             claim = self._coordinator.call("ClaimFault", pb.FaultClaim(trainer_uid=self.trainer_uid, fault=fault.raw,
-                                                                 rank=self.rank, step=self.step))
-            if not claim.ok:
-                continue
-            log.warning("injecting %s", fault.raw)
-            if fault.kind == "kill-rank":
-                os.kill(os.getpid(), signal.SIGKILL)
-            elif fault.kind == "kill-node":
-                os.killpg(os.getpgid(0), signal.SIGKILL)
-            elif fault.kind == "hang-rank":
-                os.kill(os.getpid(), signal.SIGSTOP)
-            elif fault.kind == "corrupt-shard" and 0 <= fault.target < len(self._members):
-                hit = self.agents.corrupt(self._members[fault.target].address, self.step)
-                log.warning("corrupted %d shard(s) on node %s", len(hit), self._members[fault.target].node_id)
+                                                                       rank=self.rank, step=self.step))
+            if claim.ok:
+                faults.fire(fault, self.agents, self._members, self.step)
 
     # -- single-process mode -----------------------------------------------------------------
     def _start_local(self) -> None:

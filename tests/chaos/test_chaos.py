@@ -48,6 +48,7 @@ CASES = [
     Case("corrupted shard + node loss", 4, (f"corrupt-shard:{DATA_HOLDER}@step=8", "kill-node:2@step=14"),
          ("--ec", "2+1")),
     Case("fault during recovery", 3, ("kill-node:1@step=10", "kill-rank:2@gen=1")),
+    Case("freeze during recovery", 3, ("kill-node:1@step=10", "hang-rank:2@gen=1")),
     Case("m+1 simultaneous losses", 4, ("kill-node:1@step=10", "kill-node:2@step=10", "kill-node:3@step=10"),
          ("--ec", "2+1"), succeeds=False),
 ]
@@ -108,5 +109,10 @@ def test_fault(case: Case, tmp_path: Path, tmp_path_factory: pytest.TempPathFact
         assert_exactly_once(final)
         if case.inject and not case.inject[0].startswith("slow-rank"):
             assert final["generation"] >= 1, "the fault did not happen"
+        unfired = [e["message"] for e in events if e["kind"] == "fault-not-fired"]
+        assert not unfired, unfired  # every fault of the case fired (one during a recovery too)
+        if any(spec.startswith("hang-rank") for spec in case.inject):
+            assert any(e["kind"] == "failure" and ("frozen" in e["message"] or "hung" in e["message"])
+                       for e in events), "the frozen rank was not found"
     finally:
         ROWS.append(row)
