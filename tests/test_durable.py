@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import format_utils
 
 from ftrain.snapshot import durable
 from ledgers import assert_exactly_once
@@ -177,14 +179,24 @@ def test_an_unwritable_checkpoint_dir_warns_and_training_goes_on(tmp_path: Path,
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP's note on loading in one process
 def test_a_completed_job_leaves_its_last_step_and_a_longer_run_continues_from_it(tmp_path: Path,
                                                                                    reference: dict) -> None:
     directory = tmp_path / "ckpt"
     events = tmp_path / "events"
-    _, output = launch(tmp_path, "short", "--checkpoint-dir", str(directory), "--checkpoint-every", "10",
-                       "--events-file", str(events), script_args=("--steps", "25"))
+    short, output = launch(tmp_path, "short", "--checkpoint-dir", str(directory), "--checkpoint-every", "10",
+                           "--events-file", str(events), script_args=("--steps", "25"))
     checkpoint, passed = durable.newest_complete(str(directory))
     assert checkpoint is not None and checkpoint.step == 25 and passed == [], output[-3000:]
+    # the same state in DCP format, loaded with torch's own tools and no ftrain: the job's final model
+    assert json.loads((Path(checkpoint.path) / durable.MANIFEST).read_text())["dcp"] == "dcp"
+    state = {"model": {name: torch.zeros_like(t) for name, t in short["params"].items()}}
+    dcp.load(state, checkpoint_id=str(Path(checkpoint.path) / "dcp"), no_dist=True)
+    for name, tensor in short["params"].items():
+        assert torch.equal(state["model"][name], tensor), name
+    format_utils.dcp_to_torch_save(str(Path(checkpoint.path) / "dcp"), str(tmp_path / "whole.pt"))
+    whole = torch.load(tmp_path / "whole.pt", weights_only=False)
+    assert whole["ftrain"]["step"] == 25 and whole["ftrain"]["world_size"] == 3 and whole["optimizer"]["state"]
     assert "last durable checkpoint: step 25" in output
     kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
     assert kinds.index("job-complete") < len(kinds) - 1 - kinds[::-1].index("checkpoint")  # written after the end

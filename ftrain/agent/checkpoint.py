@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -21,7 +22,7 @@ import numpy as np
 
 from ftrain.agent.store import ShardStore
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
-from ftrain.snapshot import durable
+from ftrain.snapshot import dcp, durable
 from ftrain.snapshot.erasure import shard_checksum
 from ftrain.snapshot.rebuild import SnapshotLost, rebuild_blob
 from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
@@ -105,7 +106,7 @@ class CheckpointWriter:
             elif order.kind == "finalize":
                 manifest = json.loads(order.manifest_json)
                 manifest["written_unix"] = round(time.time(), 3)
-                removed = durable.finalize(root, order.step, manifest, max(1, order.keep))
+                removed = durable.finalize(root, order.step, manifest, max(1, order.keep), export=self._export)
                 if removed:
                     log.info("checkpoint: removed %s", ", ".join(removed))
             else:
@@ -121,6 +122,17 @@ class CheckpointWriter:
             self._results.append(result)
         if self.on_result is not None:
             self.on_result()
+
+    @staticmethod
+    def _export(directory: str, blob_paths: list[str]) -> str:
+        """The DCP copy of a checkpoint (ftrain.snapshot.dcp). It is an extra: when it cannot be
+        written the checkpoint still completes (`--resume` reads the rank files), with a warning."""
+        try:
+            return dcp.write(directory, blob_paths)
+        except Exception as error:  # torch missing on this node, a full disk, a state DCP refuses...
+            log.warning("checkpoint %s: no DCP copy (%s: %s); the checkpoint itself is complete",
+                        os.path.basename(directory), type(error).__name__, str(error)[:300])
+            return ""
 
     def _read_shard(self, info: pb.BlobInfo, location: pb.ShardLocation) -> np.ndarray:
         if location.node_id == self.node_id_ref[0]:

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -91,16 +91,21 @@ def write_part(root: str, step: int, rank: int, blob: np.ndarray) -> tuple[str, 
     return name, int(data.size), shard_checksum(data)
 
 
-def finalize(root: str, step: int, manifest: dict[str, Any], keep: int) -> list[str]:
-    """Completes the checkpoint of `step`: checks every listed file is there with its size, writes
-    the manifest, renames the directory, then keeps only the newest `keep` complete checkpoints
-    (and drops partial ones of earlier steps). Returns what it removed. Raises CheckpointError/OSError."""
+def finalize(root: str, step: int, manifest: dict[str, Any], keep: int,
+             export: Callable[[str, list[str]], str] | None = None) -> list[str]:
+    """Completes the checkpoint of `step`: checks every listed file is there with its size, lets
+    `export` add a copy in another format (ftrain.snapshot.dcp; its name goes into the manifest's
+    "dcp"), writes the manifest, renames the directory, then keeps only the newest `keep` complete
+    checkpoints (and drops partial ones of earlier steps). Returns what it removed. Raises
+    CheckpointError/OSError."""
     partial = os.path.join(root, checkpoint_name(step) + PARTIAL)
     for entry in manifest["parts"]:
         path = os.path.join(partial, entry["file"])
         size = os.path.getsize(path) if os.path.exists(path) else -1
         if size != entry["bytes"]:
             raise CheckpointError(f"{path}: {'missing' if size < 0 else f'{size} bytes'}, expected {entry['bytes']}")
+    if export is not None:
+        manifest["dcp"] = export(partial, [os.path.join(partial, entry["file"]) for entry in manifest["parts"]])
     temporary = os.path.join(partial, MANIFEST + ".tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
