@@ -388,6 +388,7 @@ class StragglerDetector:
         self._flagged: set[int] = set()
         self._pending_flags: list[StragglerFlag] = []
         self._last_window_evaluated: int | None = None
+        self._evaluations = getattr(self, "_evaluations", 0)  # kept across resets: it only ever grows
         for r in ranks or ():
             if r not in self._closed_upto:
                 self._closed_upto[r] = -1
@@ -450,6 +451,11 @@ class StragglerDetector:
     def last_window_evaluated(self) -> int | None:
         return self._last_window_evaluated
 
+    @property
+    def evaluations(self) -> int:
+        """How many windows have been evaluated so far (the scores can only change when it grows)."""
+        return self._evaluations
+
     # -- internals ------------------------------------------------------------------------
 
     def _close(self, rank: int, upto: int) -> None:
@@ -485,6 +491,7 @@ class StragglerDetector:
         M = statistics.median(stats.values())
         if M <= 0:
             return
+        self._evaluations += 1
         for r, t in stats.items():
             self._scores[r] = t / M
         if n < 3:

@@ -121,6 +121,7 @@ class CoordinatorMachine:
         self.restart_ordered = -1  # restart mode: the pending generation every trainer was ordered to restart into
         self.next_store = ""  # restart mode: the rendezvous store the next generation gets (provide_store; the
         # host provides the first one)
+        self._members_cache: tuple[GenerationPlan, int, list[pb.Member]] | None = None
         self._fx = Effects()
 
     # -- effects ---------------------------------------------------------------------------------
@@ -240,7 +241,8 @@ class CoordinatorMachine:
                     # waiting for the next generation (that one is made of the restarted processes)
                     return self.assignment(plan, rank), self._take()
             m.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
-        elif m.pending and request.trainer_uid not in m.waiting.values():
+        elif m.pending and m.waiting.get((request.node_id, request.local_rank)) != request.trainer_uid \
+                and request.trainer_uid not in m.waiting.values():  # the first test spares the O(N) one
             m.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
         self._try_form(now)
         if self.job_state != "running":
@@ -252,12 +254,23 @@ class CoordinatorMachine:
                 return self.assignment(plan, rank), self._take()
         return None, self._take()
 
+    def _members(self, plan: GenerationPlan) -> list[pb.Member]:
+        """The generation's members (node, address, first rank, nproc), built once per plan and
+        membership version: every rank of a large generation gets the same list."""
+        cache = self._members_cache
+        if cache is None or cache[0] is not plan or cache[1] != self.membership.version:
+            first: dict[str, int] = {}
+            for a in plan.generation.ranks:  # in rank order: the first seen is the node's lowest rank
+                first.setdefault(a.node_id, a.rank)
+            members = []
+            for node_id, rank in first.items():
+                node = self.membership.nodes[node_id]
+                members.append(pb.Member(node_id=node_id, address=node.address, first_rank=rank, nproc=node.nproc))
+            cache = self._members_cache = (plan, self.membership.version, members)
+        return cache[2]
+
     def assignment(self, plan: GenerationPlan, rank: int) -> pb.GenerationAssignment:
-        members = []
-        for node_id in plan.generation.node_ids():
-            node = self.membership.nodes[node_id]
-            first = min(a.rank for a in plan.generation.ranks if a.node_id == node_id)
-            members.append(pb.Member(node_id=node_id, address=node.address, first_rank=first, nproc=node.nproc))
+        members = self._members(plan)
         return pb.GenerationAssignment(
             status="ok", generation=plan.generation.number, rank=rank, world_size=plan.generation.world_size,
             store_address=plan.store_address or self.store_address, restore_step=plan.restore_step,
@@ -634,18 +647,21 @@ class CoordinatorMachine:
 
     def _record_compute(self, now: float, rank: int, step: int, mean_s: float, steps: int) -> None:
         """Feeds the straggler detector the mean compute time of the `steps` steps before `step`."""
+        evaluations = self.straggler.evaluations
         try:
             for covered in range(max(0, step - min(steps, 1000)), step):
                 self.straggler.record(rank, covered, mean_s)
         except ValueError:
             return
+        scored = self.straggler.evaluations != evaluations  # scores change only when a window is evaluated
         for flag in self.straggler.new_flags():
             self._metric("stragglers", "inc", 1)
             self._event("straggler", f"rank {flag.rank} is a straggler: {flag.slowdown:.2f} x the median compute "
                                      f"time (window {flag.window})", rank=flag.rank, slowdown=round(flag.slowdown, 3))
             self._respond_to_straggler(now, flag)
-        for r, score in self.straggler.scores().items():
-            self._metric("straggler_score", "set", score, rank=str(r))
+        if scored:
+            for r, score in self.straggler.scores().items():
+                self._metric("straggler_score", "set", score, rank=str(r))
 
     def _respond_to_straggler(self, now: float, flag: StragglerFlag) -> None:
         """The response ladder (report -> rebalance -> evict), as the job's policy says."""

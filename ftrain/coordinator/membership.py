@@ -38,23 +38,26 @@ class Generation:
     ranks: list[RankAssignment]
     formed_at: float
     batch_shares: list[int] = field(default_factory=list)
+    _rank_index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    _node_ids: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def world_size(self) -> int:
         return len(self.ranks)
 
     def rank_of(self, trainer_uid: str) -> int | None:
-        for assignment in self.ranks:
-            if assignment.trainer_uid == trainer_uid:
-                return assignment.rank
-        return None
+        if self._rank_index is None:  # built once: every joiner of a large generation asks
+            index: dict[str, int] = {}
+            for assignment in self.ranks:
+                index.setdefault(assignment.trainer_uid, assignment.rank)
+            self._rank_index = index
+        return self._rank_index.get(trainer_uid)
 
     def node_ids(self) -> list[str]:
-        seen: list[str] = []
-        for assignment in self.ranks:
-            if assignment.node_id not in seen:
-                seen.append(assignment.node_id)
-        return seen
+        """The nodes in rank order (each once)."""
+        if self._node_ids is None:
+            self._node_ids = list(dict.fromkeys(a.node_id for a in self.ranks))
+        return list(self._node_ids)
 
 
 class Membership:
@@ -74,6 +77,9 @@ class Membership:
         self.pending_since: float | None = 0.0  # the first generation is pending from the start
         self.batch_shares: list[int] = []
         self._node_counter = 0
+        self._order: dict[str, int] = {}    # node id -> when it was first registered (self.nodes' order)
+        self._spares: set[str] = set()      # live nodes without a slot
+        self.version = 0                    # bumped whenever a node's address or nproc may have changed
         self.floor = 0                  # the next generation's number is at least this
         self.slots_restored = False     # slots came back from re-registering nodes
 
@@ -89,14 +95,18 @@ class Membership:
         `slot` is the slot a re-registering node held before the coordinator restarted: it gets
         it back (so ranks stay where they were) while no generation has formed yet."""
         node_id = node_id or self.new_node_id()
+        self.version += 1
         record = self.nodes.get(node_id)
         if record is not None and record.alive:
             record.address, record.nproc = address, nproc
             return node_id
         record = NodeRecord(node_id=node_id, address=address, nproc=nproc)
         self.nodes[node_id] = record
+        self._order.setdefault(node_id, len(self._order))
+        self._spares.add(node_id)
         if self.formed is None and 0 <= slot < self.target_nodes and self.slots[slot] is None:
             self.slots[slot], record.slot = node_id, slot
+            self._spares.discard(node_id)
             self.slots_restored = True
         self._fill_free_slots(now)
         return node_id
@@ -112,6 +122,7 @@ class Membership:
         if record is None or not record.alive:
             return False
         record.alive = False
+        self._spares.discard(node_id)
         for key in [key for key in self.waiting if key[0] == node_id]:
             del self.waiting[key]
         if record.slot is not None:
@@ -159,12 +170,15 @@ class Membership:
         """Forms the pending generation when its trainers are all waiting. Returns it if formed."""
         if self.pending_since is None:
             return None
-        live = self.live_slot_nodes()
-        full = len(live) == self.target_nodes
+        filled = self.target_nodes - self.slots.count(None)
+        full = filled == self.target_nodes
         # the first generation waits for every node; later ones shrink after the replace timeout
         waited = self.formed is not None and now - self.pending_since >= self.replace_timeout_s
-        if not live or (not full and not (waited and len(live) >= self.min_nodes)):
+        if not filled or (not full and not (waited and filled >= self.min_nodes)):
             return None
+        if len(self.waiting) < filled:  # every live slot's node has a trainer or more: cheap, before O(N)
+            return None
+        live = self.live_slot_nodes()
         if any((node.node_id, lr) not in self.waiting for node in live for lr in range(node.nproc)):
             return None
         if self.formed is None and not self.slots_restored:
@@ -193,11 +207,16 @@ class Membership:
         return True
 
     def _fill_free_slots(self, now: float) -> None:
-        spares = [n for n in self.nodes.values() if n.alive and n.slot is None]
-        for index, holder in enumerate(self.slots):
-            if holder is None and spares:
-                node = spares.pop(0)
-                node.slot = index
-                self.slots[index] = node.node_id
-                if self.formed is not None:
-                    self._open_pending(now)  # grow back / replace: a new generation takes the node in
+        """Spares (in registration order) fill the free slots (lowest first)."""
+        if not self._spares or None not in self.slots:
+            return
+        spares = [self.nodes[n] for n in sorted(self._spares, key=self._order.__getitem__)]
+        index = 0
+        while spares and None in self.slots[index:]:
+            index = self.slots.index(None, index)
+            node = spares.pop(0)
+            node.slot = index
+            self.slots[index] = node.node_id
+            self._spares.discard(node.node_id)
+            if self.formed is not None:
+                self._open_pending(now)  # grow back / replace: a new generation takes the node in
