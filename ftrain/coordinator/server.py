@@ -50,6 +50,7 @@ class CoordinatorState:
         self.events_sink: IO[str] | None = None  # --events-file: one flushed JSON line per event
         self.aggregator: AggregatorService | None = None  # async mode: the aggregator on this server
         self.new_store: Callable[[], str] | None = None  # restart mode: a fresh rendezvous store per generation
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}  # (metric, label values) -> its labelled child
 
     def apply(self, fx: Effects) -> None:
         """Carries out a machine step's effects (lock held)."""
@@ -61,10 +62,19 @@ class CoordinatorState:
             metric: Any = getattr(self.metrics, update.metric)
             if update.op == "clear":
                 metric.clear()
+                for key in [key for key in self._children if key[0] == update.metric]:
+                    del self._children[key]
             elif update.op == "remove":
                 metric.remove(*update.labels.values())
+                self._children.pop((update.metric, tuple(update.labels.values())), None)
             else:
-                target = metric.labels(**update.labels) if update.labels else metric
+                if update.labels:  # labels() costs microseconds: the ticker sets one gauge per node 5 times a second
+                    key = (update.metric, tuple(update.labels.values()))
+                    target = self._children.get(key)
+                    if target is None:
+                        target = self._children[key] = metric.labels(**update.labels)
+                else:
+                    target = metric
                 getattr(target, update.op)(update.value)
         if fx.need_store and self.new_store is not None:
             self.machine.provide_store(self.new_store())
@@ -320,7 +330,10 @@ class Coordinator:
             self.state.resume_from(resume)
         elif settings.resume_dir:
             self.state.event("resume", f"no complete checkpoint in {settings.resume_dir}: starting fresh")
-        self.server = make_server(token)
+        # every trainer may hold long-polls (a join, a generation watch, a snapshot's commit wait) and each
+        # holds a worker thread: with 64 (the default) a job of more than a few dozen trainers starved its own
+        # heartbeats and its nodes were declared dead before generation 0 formed. Threads start on demand.
+        self.server = make_server(token, max_workers=min(4000, 64 + 3 * settings.target_nodes))
         self.servicer = CoordinatorServicer(self.state, token)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(self.servicer, self.server)
         services = [pb.DESCRIPTOR.services_by_name["Coordinator"].full_name]
