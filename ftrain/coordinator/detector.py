@@ -182,6 +182,10 @@ class FailureDetector:
     def nodes(self) -> list[str]:
         return sorted(self._last)
 
+    def knows(self, node_id: str) -> bool:
+        """The node heartbeated and was not forgotten since (O(1); `nodes()` sorts)."""
+        return node_id in self._last
+
     def heartbeat_age(self, node_id: str, now: float) -> float:
         """Seconds since the node's last heartbeat (``KeyError`` for an unknown node)."""
         return max(0.0, now - self._last[node_id])

@@ -121,11 +121,19 @@ class CoordinatorMachine:
         self.restart_ordered = -1  # restart mode: the pending generation every trainer was ordered to restart into
         self.next_store = ""  # restart mode: the rendezvous store the next generation gets (provide_store; the
         # host provides the first one)
+        self._world_dirty = False  # ftrain_world_size must be recomputed (_take)
         self._members_cache: tuple[GenerationPlan, int, list[pb.Member]] | None = None
         self._fx = Effects()
 
     # -- effects ---------------------------------------------------------------------------------
     def _take(self) -> Effects:
+        if self._world_dirty:  # once per input, not once per lost node (it is O(world size))
+            self._world_dirty = False
+            if self.plan is not None:
+                nodes = self.membership.nodes
+                self._metric("world_size", "set", sum(
+                    1 for a in self.plan.generation.ranks if a.node_id in nodes and nodes[a.node_id].alive
+                    and (a.node_id, a.local_rank) not in self.lost_trainers))
         fx, self._fx = self._fx, Effects()
         return fx
 
@@ -194,7 +202,7 @@ class CoordinatorMachine:
 
     def heard_from_all_since(self, since: float, now: float) -> bool:
         """Every live agent heartbeated after `since` (it learned how the job ended)."""
-        return all(node in self.liveness.nodes() and now - self.liveness.heartbeat_age(node, now) > since
+        return all(self.liveness.knows(node) and now - self.liveness.heartbeat_age(node, now) > since
                    for node in self._live_nodes())
 
     def on_trainer_exit(self, now: float, request: pb.TrainerExit) -> tuple[pb.Ack, Effects]:
@@ -422,11 +430,7 @@ class CoordinatorMachine:
         """ftrain_world_size: ranks of the current generation still alive (drops at a failure)."""
         if lost_trainer is not None:
             self.lost_trainers.add(lost_trainer)
-        if self.plan is not None:
-            nodes = self.membership.nodes
-            self._metric("world_size", "set", sum(
-                1 for a in self.plan.generation.ranks if a.node_id in nodes and nodes[a.node_id].alive
-                and (a.node_id, a.local_rank) not in self.lost_trainers))
+        self._world_dirty = True  # set by _take, at the end of this input
 
     def _live_nodes(self) -> set[str]:
         return {n.node_id for n in self.membership.nodes.values() if n.alive}
@@ -441,7 +445,7 @@ class CoordinatorMachine:
             self._send_orders(orders)
             self._checkpoint_outcome(now, outcome)
         self._update_live_world()
-        if node_id in self.liveness.nodes():
+        if self.liveness.knows(node_id):
             self._metric("heartbeat_age", "remove", node=node_id)
         self.liveness.forget(node_id)
         self._try_form(now)
