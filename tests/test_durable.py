@@ -5,15 +5,19 @@ torn or corrupted checkpoint is never resumed from; an unwritable directory cost
 a metric, never the training."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -56,32 +60,73 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return launch(tmp_path_factory.mktemp("ref"), "ref")[0]
 
 
+def watch_created(directory: Path) -> Callable[[float], list[str]]:
+    """inotify on `directory` (which must exist): a function that waits up to its argument's
+    seconds for entries to be created there and returns their names (polling would be too slow to
+    catch a checkpoint of a small state while it is being written)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, str(directory).encode(), 0x100) >= 0  # IN_CREATE
+
+    def created(timeout: float) -> list[str]:
+        if not select.select([fd], [], [], timeout)[0]:
+            return []
+        data, names = os.read(fd, 65536), []
+        while data:
+            _wd, _mask, _cookie, length = struct.unpack("iIII", data[:16])
+            names.append(data[16:16 + length].rstrip(b"\0").decode())
+            data = data[16 + length:]
+        return names
+
+    return created
+
+
 @pytest.fixture(scope="module")
 def killed_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The checkpoint directory of a 3-node job SIGKILLed whole after its step-20 checkpoint."""
+    """The checkpoint directory of a 3-node job SIGKILLed whole once two checkpoints are complete,
+    while the next one is being written (a real torn checkpoint: `step-N.partial`)."""
     root = tmp_path_factory.mktemp("killed")
     directory = root / "ckpt"
     job = new_job_id("killed")
     command = [sys.executable, "-m", "ftrain", "launch", "--nodes", "3", "--job-id", job, "--checkpoint-dir",
-               str(directory), "--checkpoint-every", "10", "--", *JOB, "--step-sleep", "0.25", "--out",
+               str(directory), "--checkpoint-every", "10", "--", *JOB, "--step-sleep", "0.4", "--out",
                str(root / "never.pt")]
     process = subprocess.Popen(command, cwd=str(REPO), env=dict(os.environ, FTRAIN_JOB_ID=job),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        done = wait_until(lambda: (directory / durable.checkpoint_name(20) / durable.MANIFEST).exists()
-                          or process.poll() is not None, timeout=180)
-        assert done and process.poll() is None, "the job ended before its step-20 checkpoint was complete"
+        assert wait_until(lambda: directory.is_dir() or process.poll() is not None, timeout=120)
+        created = watch_created(directory)
+        deadline = time.monotonic() + 180
+        writing: Path | None = None
+        while writing is None and process.poll() is None and time.monotonic() < deadline:
+            for name in created(1.0):
+                if name.endswith(durable.PARTIAL) and len(complete(directory)) >= 2:
+                    writing = directory / name
+        assert writing is not None and process.poll() is None, "the job ended before a third checkpoint began"
     finally:
         kill_group(process)  # the launcher, its coordinator, the agents and their trainers: all at once
         kill_job(job)
         output = process.communicate()[0]
     assert not (root / "never.pt").exists(), output[-3000:]
+    assert writing.is_dir() and not (directory / writing.name.removesuffix(durable.PARTIAL)).exists(), output[-3000:]
     return directory
 
 
+def complete(directory: Path) -> list[str]:
+    """The complete checkpoints' directory names, oldest first."""
+    return sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.endswith(durable.PARTIAL))
+
+
+def torn(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.endswith(durable.PARTIAL))
+
+
 def test_a_job_killed_whole_resumes_bit_identically(tmp_path: Path, reference: dict, killed_job: Path) -> None:
-    checkpoint, _ = durable.newest_complete(str(killed_job))
-    assert checkpoint is not None and 20 <= checkpoint.step < STEPS and checkpoint.world_size == 3
+    checkpoint, passed = durable.newest_complete(str(killed_job))
+    # the checkpoint the kill interrupted mid-write is passed over: the newest complete one is used
+    assert checkpoint is not None and Path(checkpoint.path).name == complete(killed_job)[-1]
+    assert 10 <= checkpoint.step < STEPS and checkpoint.world_size == 3
+    assert passed == [f"{path}: incomplete (interrupted while being written)" for path in torn(killed_job)], passed
     result, output = launch(tmp_path, "resumed", "--resume", str(killed_job))
     assert_identical(reference, result)
     assert result["generation"] == 0 and result["step"] == STEPS and result["resumed_from"] == checkpoint.step
@@ -102,22 +147,19 @@ def test_a_torn_or_corrupted_checkpoint_is_never_resumed_from(tmp_path: Path, re
                                                               killed_job: Path) -> None:
     directory = tmp_path / "ckpt"
     shutil.copytree(killed_job, directory)
-    complete = sorted(p.name for p in directory.iterdir() if not p.name.endswith(durable.PARTIAL))
-    assert len(complete) == 2, complete  # --checkpoint-keep 2
-    older, newest = complete
-    # the newest is corrupted on disk; a newer one was being written when the job died
+    assert len(complete(directory)) == 2, complete(directory)  # --checkpoint-keep 2
+    older, newest = complete(directory)
+    # the newest is corrupted on disk; a newer one was being written when the job died (killed_job)
     corrupted = directory / newest / durable.part_name(1)
     data = bytearray(corrupted.read_bytes())
     data[len(data) // 2] ^= 0xFF
     corrupted.write_bytes(bytes(data))
-    torn = directory / (durable.checkpoint_name(int(newest.split("-")[1]) + 10) + durable.PARTIAL)
-    torn.mkdir()
-    shutil.copy(directory / older / durable.part_name(0), torn / durable.part_name(0))
+    [interrupted] = torn(directory)  # left by the kill
     events = tmp_path / "events"
     result, output = launch(tmp_path, "fallback", "--resume", str(directory), "--events-file", str(events))
     assert_identical(reference, result)
     passed = [json.loads(line) for line in events.read_text().splitlines() if '"checkpoint-passed-over"' in line]
-    assert [e["message"] for e in passed] == [f"{torn}: incomplete (interrupted while being written)",
+    assert [e["message"] for e in passed] == [f"{interrupted}: incomplete (interrupted while being written)",
                                               f"{corrupted} failed its checksum (corrupted)"]
     assert f"resumed from the durable checkpoint of step {int(older.split('-')[1])}" in output
     assert f"{corrupted} failed its checksum" in output  # the warning names the file
