@@ -58,11 +58,29 @@ def _cpu_s(pid: int) -> float:
 
 
 # -- the coordinator process -------------------------------------------------------------------
-def coordinator_main(n: int, heartbeat_timeout: float, events_path: str, conn: Any) -> None:
+def coordinator_main(n: int, heartbeat_timeout: float, events_path: str, conn: Any, switch_interval: float,
+                     timing_path: str) -> None:
     from ftrain.agent.agent import die_with_parent
     die_with_parent()
+    if switch_interval > 0:  # an experiment: the interpreter's GIL switch interval in the coordinator process
+        sys.setswitchinterval(switch_interval)
     from ftrain.config import JobSettings
+    from ftrain.coordinator import server as server_mod
     from ftrain.coordinator.server import Coordinator
+
+    timings: list[tuple[float, float, float]] = []  # (wall time, waited for the lock, whole handler) of heartbeats
+    if timing_path:  # a diagnostic: where a heartbeat's time goes inside the coordinator
+        original = server_mod.CoordinatorServicer.Heartbeat
+
+        def timed(self: Any, request: Any, context: Any) -> Any:
+            t0 = time.perf_counter()
+            with self.s.cond:
+                t1 = time.perf_counter()
+                reply = original(self, request, context)
+            timings.append((time.time(), t1 - t0, time.perf_counter() - t0))
+            return reply
+
+        server_mod.CoordinatorServicer.Heartbeat = timed  # type: ignore[method-assign]
 
     settings = JobSettings(job_id=JOB, target_nodes=n, min_nodes=1, replace_timeout_s=0.0,
                            heartbeat_dead_after_s=heartbeat_timeout)
@@ -75,6 +93,9 @@ def coordinator_main(n: int, heartbeat_timeout: float, events_path: str, conn: A
     except EOFError:
         pass
     coordinator.stop(0.5)
+    if timing_path:
+        with open(timing_path, "w") as f:
+            json.dump(timings, f)
 
 
 # -- a worker process: many simulated agents -------------------------------------------------------
@@ -198,6 +219,11 @@ class Worker:
                                                                         shard_bytes=1 << 20), timeout=30.0)
             if reply is not None:
                 self.hb.append((time.time(), time.perf_counter() - t0))
+                if not reply.known and reply.job_state == "running":  # declared dead: the real agent re-registers
+                    self.error("heartbeat:unknown-node")
+                    await self.call(stub.RegisterAgent, pb.RegisterAgentRequest(
+                        job_id=JOB, node_id=node, address=f"127.0.0.1:{20000 + i % 40000}", nproc=1, hostname=node,
+                        protocol_version=self.protocol, slot=-1, generation=-1, ec_backend="isal"), timeout=60.0)
                 if reply.generation > self.generation_seen.get(i, -1):
                     self.generation_seen[i] = reply.generation
                     future = self.wakeups.get(i)
@@ -300,7 +326,9 @@ def run_one(n: int, args: argparse.Namespace, processes: list[mp.process.BasePro
     workdir = tempfile.mkdtemp(prefix="ftrain-load-")
     events = os.path.join(workdir, "events.jsonl")
     parent_conn, child_conn = ctx.Pipe()
-    coordinator = ctx.Process(target=coordinator_main, args=(n, args.heartbeat_timeout, events, child_conn),
+    coordinator = ctx.Process(target=coordinator_main, args=(n, args.heartbeat_timeout, events, child_conn,
+                                                                 args.switch_interval,
+                                                                 os.path.join(workdir, "timing.json") if args.server_timing else ""),
                               name="coordinator", daemon=True)
     coordinator.start()
     processes.append(coordinator)
@@ -391,6 +419,13 @@ def run_one(n: int, args: argparse.Namespace, processes: list[mp.process.BasePro
             for key, count in d["errors"].items():
                 errors[key] = errors.get(key, 0) + count
         out["rpc_errors"] = errors
+        if args.server_timing:
+            parent_conn.send("stop")
+            coordinator.join(timeout=30)
+            with open(os.path.join(workdir, "timing.json")) as f:
+                timing = [(w, h) for t, w, h in json.load(f) if m0 <= t <= m1]
+            out["server_hb_lock_wait_p50_p99_ms"] = [round(1000 * _pct([w for w, _ in timing], q), 2) for q in (0.5, 0.99)]
+            out["server_hb_handler_p50_p99_ms"] = [round(1000 * _pct([h for _, h in timing], q), 2) for q in (0.5, 0.99)]
         evs = read_events(events)
         out["failures"] = sum(1 for e in evs if e["kind"] == "failure")
         out["generations"] = sum(1 for e in evs if e["kind"] == "generation")
@@ -421,7 +456,10 @@ def main() -> int:
     parser.add_argument("--register-concurrency", type=int, default=64, help="RegisterAgent calls in flight per worker")
     parser.add_argument("--health-hz", type=float, default=20.0, help="baseline health checks per second per worker")
     parser.add_argument("--form-timeout", type=float, default=120.0, help="bound on registration + generation 0")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--server-timing", action="store_true",
+                        help="diagnostic: time each heartbeat inside the coordinator (lock wait, whole handler)")
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="experiment: sys.setswitchinterval in the coordinator process (0: Python's 5 ms)")
     args = parser.parse_args()
 
     processes: list[mp.process.BaseProcess] = []
