@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -23,14 +24,34 @@ def launch(tmp_path: Path, name: str, nodes: int, steps: int, *extra: str,
     return torch.load(out), [json.loads(line) for line in events.read_text().splitlines()]
 
 
-def test_hung_rank_is_detected_killed_and_the_job_recovers_bit_identical(tmp_path: Path) -> None:
-    reference, _ = launch(tmp_path, "ref", 3, 25)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return launch(tmp_path_factory.mktemp("ref"), "ref", 3, 25)[0]
+
+
+def test_hung_rank_is_detected_killed_and_the_job_recovers_bit_identical(tmp_path: Path, reference: dict) -> None:
     result, events = launch(tmp_path, "hang", 3, 25, "--hang-timeout", "3", "--inject", "hang-rank:1@step=10")
     injected = next(e for e in events if e["kind"] == "inject")
     hang = next(e for e in events if e["kind"] == "failure" and e.get("failure_kind") == "hang")
     assert hang["rank"] == 1, "only the frozen rank is the culprit, not the peers waiting for it"
     assert not [e for e in events if e.get("failure_kind") == "hang" and e["rank"] != 1]
     print(f"\nhang detected {hang['time'] - injected['time']:.2f} s after the SIGSTOP (hang timeout 3 s)")
+    assert result["generation"] >= 1
+    for key in reference["params"]:
+        assert torch.equal(reference["params"][key], result["params"][key])
+
+
+@pytest.mark.parametrize("hang_timeout", ["45", "20"])
+def test_a_frozen_rank_with_either_timeout_order_ends_bit_identical(tmp_path: Path, reference: dict,
+                                                                    hang_timeout: str) -> None:
+    """The README's own options: --hang-timeout 45 above a 30 s collective timeout (the survivors'
+    all-reduce times out first: they must still recover) and 20 below it (the watchdog first)."""
+    started = time.monotonic()
+    result, events = launch(tmp_path, "order", 3, 25, "--hang-timeout", hang_timeout, "--collective-timeout", "30",
+                            "--inject", "hang-rank:1@step=15")
+    assert time.monotonic() - started < 180
+    frozen = [e for e in events if e["kind"] == "failure" and e.get("rank") == 1]
+    assert frozen and "frozen" in frozen[0]["message"], [e["message"] for e in events if e["kind"] == "failure"]
     assert result["generation"] >= 1
     for key in reference["params"]:
         assert torch.equal(reference["params"][key], result["params"][key])
