@@ -362,3 +362,23 @@ def test_a_live_member_that_never_joins_the_forming_generation_is_killed_after_t
     job.at(42.0)
     job.tick()
     assert job.m.commands.get("node1") == ["kill-trainer:0"]  # killed once, not at every tick
+
+
+def test_a_restarted_coordinator_goes_on_from_the_jobs_durable_checkpoints() -> None:
+    from ftrain.snapshot.durable import Checkpoint
+
+    job = Job(checkpoint_dir="/ckpt", checkpoint_every=10)
+    assert job.m.durable is not None and job.m.durable.last_step == -1
+    job.m.durable_found = Checkpoint("/ckpt/step-000000020", 20, 2, 0, "unit", ())
+    # the agents of the running job re-register with the shards of committed step 20 (k=1, m=1)
+    blobs = [pb.BlobInfo(blob_id=f"s20-g0-r{r}", step=20, producer_rank=r, producer_world_size=2, k=1, m=1,
+                         generation=0, shards=[pb.ShardLocation(index=i, node_id=f"node{i}") for i in range(2)])
+             for r in range(2)]
+    for node in ("node0", "node1"):
+        held = [pb.HeldShard(blob_info=b.SerializeToString(), index=int(node[-1])) for b in blobs]
+        _, fx = job.m.on_register(0.0, pb.RegisterAgentRequest(node_id=node, address=f"{node}:1", nproc=1, slot=-1,
+                                                                generation=0, held=held))
+        job.fx(fx)
+    assert job.m.catalog.newest_committed == 20
+    assert job.m.durable.last_step == 20 and not job.m.durable.due(25, 1.0) and job.m.durable.due(30, 1.0)
+    assert job.metric("checkpoint_last_step")[-1] == 20

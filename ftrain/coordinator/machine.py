@@ -111,6 +111,9 @@ class CoordinatorMachine:
         self.codec_backends: dict[str, str] = {}  # node -> the erasure codec backend its agent reported
         self.shard_bytes: dict[str, int] = {}  # node -> bytes of snapshot shards its agent holds (heartbeats)
         self.resume: durable_files.Checkpoint | None = None  # the durable checkpoint this job started from
+        # the newest complete checkpoint of this job found in --checkpoint-dir at start (not resumed
+        # from): after a coordinator restart, the durable tier goes on from it (see _ingest_held_shards)
+        self.durable_found: durable_files.Checkpoint | None = None
         self.durable: DurablePlanner | None = None  # the durable tier (--checkpoint-dir)
         if settings.checkpoint_dir:
             self.durable = DurablePlanner(DurableSettings(settings.checkpoint_dir, settings.checkpoint_every,
@@ -703,6 +706,11 @@ class CoordinatorMachine:
         steps = self.catalog.rebuild([(record, index) for (_blob, index), record in self.held_shards.items()])
         if steps:
             self._metric("step", "set", steps[-1])
+        found = self.durable_found
+        if found is not None and self.durable is not None and self.durable.last_step < found.step <= max(steps or [-1]):
+            # this coordinator took over a running job: its checkpoints so far count (due steps go on from them)
+            self.durable = DurablePlanner(self.durable.settings, self.settings.job_id, self.started_at, found.step)
+            self._metric("checkpoint_last_step", "set", found.step)
         self._event("catalog-rebuilt", f"node {node_id} reported {len(held)} shard(s); committed steps now {steps}")
 
     # -- the job's end ---------------------------------------------------------------------------

@@ -330,6 +330,9 @@ class Coordinator:
             self.state.resume_from(resume)
         elif settings.resume_dir:
             self.state.event("resume", f"no complete checkpoint in {settings.resume_dir}: starting fresh")
+        if settings.checkpoint_dir and resume is None:  # a restarted coordinator of a running job goes on from it
+            found, _ = durable_files.newest_complete(settings.checkpoint_dir, verify=False)
+            self.state.machine.durable_found = found if found is not None and found.job_id == settings.job_id else None
         # every trainer may hold long-polls (a join, a generation watch, a snapshot's commit wait) and each
         # holds a worker thread: with 64 (the default) a job of more than a few dozen trainers starved its own
         # heartbeats and its nodes were declared dead before generation 0 formed. Threads start on demand.
