@@ -8,7 +8,9 @@ agents with grpc.aio, each agent as the real ones talk:
     every second (1 step/s) sends a pulse ReportProgress and a ReportSnapshot of that step (a
     small BlobInfo, a compute time, wait_commit_s=0); an ack that is refused or names a newer
     generation, or a heartbeat reply naming one, sends it back to JoinGeneration.
-Figures per N: heartbeat RPC latency p50/p99 (client side) next to a baseline measured at the
+Figures per N: heartbeat RPC latency p50/p99 (client side, measured by one more, quiet process
+simulating --probe-agents of the N agents, so a saturated load generator does not count; the
+load workers' own figures are printed too) next to a baseline measured by that process at the
 same time under the same load (the gRPC health Check served by the same server: the cost of
 ftrain's own work per heartbeat is the ratio); the coordinator process's CPU (from /proc); the
 time generation 0 takes to form after the last agent registered; and after one agent stops
@@ -105,6 +107,8 @@ class Worker:
         self.wid, self.agents, self.port, self.args, self.ctl, self.victim = wid, agents, port, args, ctl, victim
         self.hb: list[tuple[float, float]] = []      # (wall time, latency s) of every heartbeat
         self.health: list[tuple[float, float]] = []  # the baseline: health Check
+        self.noop: list[tuple[float, float]] = []    # an ftrain RPC that does nothing: ClaimFault of no fault
+        self.unknown_hb: list[tuple[float, float]] = []  # a heartbeat of an unknown node
         self.registered: list[float] = []
         self.rejoin_sent: list[float] = []   # wall time a trainer (re-)joined after its generation moved
         self.joined: dict[int, list[float]] = {}  # generation -> wall times trainers got their assignment
@@ -156,16 +160,29 @@ class Worker:
         async def baseline() -> None:
             period = 1.0 / self.args.health_hz
             request = health_pb2.HealthCheckRequest(service="")
+            claim = pb.FaultClaim(trainer_uid="probe", fault="none", rank=0, step=0)  # refused at once
+            stub = self.stubs[0]
+            turn = 0
             while not self.stopping():
+                turn += 1
                 t0 = time.perf_counter()
                 try:
-                    await health_stub.Check(request, timeout=30.0)
-                    self.health.append((time.time(), time.perf_counter() - t0))
+                    if turn % 3 == 2:  # a heartbeat of a node the coordinator does not know (answered at once)
+                        await stub.Heartbeat(pb.HeartbeatRequest(node_id="probe-unknown"), timeout=30.0,
+                                             metadata=self.meta)
+                        self.unknown_hb.append((time.time(), time.perf_counter() - t0))
+                    elif turn % 3:  # the gRPC health check: the baseline
+                        await health_stub.Check(request, timeout=30.0)
+                        self.health.append((time.time(), time.perf_counter() - t0))
+                    else:  # an ftrain RPC that does nothing (an unknown fault's claim: token check, lock, refusal)
+                        await stub.ClaimFault(claim, timeout=30.0, metadata=self.meta)
+                        self.noop.append((time.time(), time.perf_counter() - t0))
                 except grpc.aio.AioRpcError as error:
-                    self.error(f"health:{error.code().name}")
+                    self.error(f"probe:{error.code().name}")
                 await asyncio.sleep(max(0.0, period - (time.perf_counter() - t0)))
 
-        tasks.append(asyncio.create_task(baseline()))
+        if self.wid == self.args.workers:  # the probe process: it alone measures the baseline
+            tasks.append(asyncio.create_task(baseline()))
         while not self.stopping():
             await asyncio.sleep(0.2)
         for task in tasks:
@@ -296,7 +313,7 @@ def worker_main(wid: int, agents: list[int], port: int, args: argparse.Namespace
         await runner
 
     asyncio.run(main())
-    results.put(("done", wid, {"hb": worker.hb, "health": worker.health, "rejoin_sent": worker.rejoin_sent,
+    results.put(("done", wid, {"hb": worker.hb, "health": worker.health, "noop": worker.noop, "unknown_hb": worker.unknown_hb, "rejoin_sent": worker.rejoin_sent,
                                "joined": worker.joined, "errors": worker.errors, "rpcs": worker.rpcs,
                                "registered": len(worker.registered)}))
 
@@ -339,10 +356,12 @@ def run_one(n: int, args: argparse.Namespace, processes: list[mp.process.BasePro
     ctl = {"stop": ctx.Event(), "freeze": ctx.Event()}
     results = ctx.Queue()
     ids = list(range(n))
-    victim = n - 1
+    probe_ids = ids[n - min(args.probe_agents, n // 2):]  # simulated by a quiet process: the latency figures
+    load_ids = ids[:len(ids) - len(probe_ids)]
+    victim = 0
     workers = []
-    for w in range(args.workers):
-        mine = ids[w::args.workers]
+    for w in range(args.workers + 1):
+        mine = load_ids[w::args.workers] if w < args.workers else probe_ids
         p = ctx.Process(target=worker_main, args=(w, mine, port, args, ctl, victim if victim in mine else None, results),
                         name=f"load-worker-{w}", daemon=True)
         p.start()
@@ -355,7 +374,7 @@ def run_one(n: int, args: argparse.Namespace, processes: list[mp.process.BasePro
         last_registered = 0.0
         got = 0
         deadline = time.monotonic() + args.form_timeout
-        while got < args.workers and time.monotonic() < deadline:
+        while got < args.workers + 1 and time.monotonic() < deadline:
             try:
                 kind, _wid, value = results.get(timeout=1.0)
             except Exception:
@@ -363,11 +382,11 @@ def run_one(n: int, args: argparse.Namespace, processes: list[mp.process.BasePro
             if kind == "registered":
                 got += 1
                 last_registered = max(last_registered, value)
-        out["register_s"] = round(last_registered - started, 2) if got == args.workers else None
+        out["register_s"] = round(last_registered - started, 2) if got == args.workers + 1 else None
         gen0 = wait_event(events, lambda e: e["kind"] == "generation" and e.get("generation") == 0,
                           max(1.0, deadline - time.monotonic()))
         out["forming_cpu"] = round((_cpu_s(coordinator.pid) - cpu0) / (time.monotonic() - wall0), 2)
-        if gen0 is None or got < args.workers:
+        if gen0 is None or got < args.workers + 1:
             out["gen0_form_s"] = None
             out["note"] = f"generation 0 not formed within --form-timeout {args.form_timeout:.0f} s"
             return out
@@ -392,23 +411,32 @@ def run_one(n: int, args: argparse.Namespace, processes: list[mp.process.BasePro
         ctl["stop"].set()
         data: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
-        while len(data) < args.workers and time.monotonic() < deadline:
+        probe: dict[str, Any] = {"hb": [], "health": [], "noop": []}
+        while len(data) < args.workers + 1 and time.monotonic() < deadline:
             try:
-                kind, _wid, value = results.get(timeout=1.0)
+                kind, wid, value = results.get(timeout=1.0)
             except Exception:
                 continue
             if kind == "done":
                 data.append(value)
-        hb = [lat for d in data for t, lat in d["hb"] if m0 <= t <= m1]
-        health = [lat for d in data for t, lat in d["health"] if m0 <= t <= m1]
+                if wid == args.workers:
+                    probe = value
+        load_hb = [lat for d in data if d is not probe for t, lat in d["hb"] if m0 <= t <= m1]
+        hb = [lat for t, lat in probe["hb"] if m0 <= t <= m1]
+        health = [lat for t, lat in probe["health"] if m0 <= t <= m1]
         out["hb_count"] = len(hb)
-        out["hb_rate"] = round(len(hb) / (m1 - m0), 1)
+        out["hb_rate"] = round((len(hb) + len(load_hb)) / (m1 - m0), 1)
+        out["load_hb_p50_p99_ms"] = [round(1000 * _pct(load_hb, q), 1) for q in (0.5, 0.99)]
         out["hb_p50_ms"] = round(1000 * _pct(hb, 0.5), 2)
         out["hb_p99_ms"] = round(1000 * _pct(hb, 0.99), 2)
+        noop = [lat for t, lat in probe.get("noop", []) if m0 <= t <= m1]
+        out["noop_ftrain_rpc_p50_p99_ms"] = [round(1000 * _pct(noop, q), 2) for q in (0.5, 0.99)]
+        unknown = [lat for t, lat in probe.get("unknown_hb", []) if m0 <= t <= m1]
+        out["unknown_node_hb_p50_p99_ms"] = [round(1000 * _pct(unknown, q), 2) for q in (0.5, 0.99)]
         out["health_p50_ms"] = round(1000 * _pct(health, 0.5), 2)
         out["health_p99_ms"] = round(1000 * _pct(health, 0.99), 2)
         out["ratio_p50"] = round(out["hb_p50_ms"] / out["health_p50_ms"], 2) if health else None
-        form_hb = [lat for d in data for t, lat in d["hb"] if t < m0]
+        form_hb = [lat for t, lat in probe["hb"] if t < m0]
         out["hb_p99_ms_while_forming"] = round(1000 * _pct(form_hb, 0.99), 2)
         if failure is not None and gen1 is not None:
             rejoins = [t for d in data for t in d["rejoin_sent"] if failure["time"] <= t <= gen1["time"] + 0.5]
@@ -452,9 +480,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="after generation 0 formed, before measuring")
     parser.add_argument("--heartbeat-timeout", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=2, help="load-generating processes")
+    parser.add_argument("--probe-agents", type=int, default=20,
+                        help="agents simulated by one more, quiet process that measures the latencies")
     parser.add_argument("--channels", type=int, default=8, help="gRPC channels (connections) per worker")
     parser.add_argument("--register-concurrency", type=int, default=64, help="RegisterAgent calls in flight per worker")
-    parser.add_argument("--health-hz", type=float, default=20.0, help="baseline health checks per second per worker")
+    parser.add_argument("--health-hz", type=float, default=20.0, help="baseline health checks per second (probe process)")
     parser.add_argument("--form-timeout", type=float, default=120.0, help="bound on registration + generation 0")
     parser.add_argument("--server-timing", action="store_true",
                         help="diagnostic: time each heartbeat inside the coordinator (lock wait, whole handler)")
