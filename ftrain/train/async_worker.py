@@ -445,11 +445,10 @@ class AsyncWorker:
                 assignment, self._next = self._next, None
             if assignment is not None and assignment.generation > s.generation:
                 s.generation, s.rank, s.world_size = assignment.generation, assignment.rank, assignment.world_size
-            self.coordinator.call("ReportFinished", pb.FinishedReport(trainer_uid=s.trainer_uid, generation=s.generation,
+            self.coordinator.report_finished(pb.FinishedReport(trainer_uid=s.trainer_uid, generation=s.generation,
                                                                rank=s.rank, step=s.step))
             while True:
-                reply = self.coordinator.call("WatchGeneration", pb.WatchRequest(known_generation=s.generation, wait_s=20.0),
-                                      timeout=30.0)
+                reply = self.coordinator.watch(pb.WatchRequest(known_generation=s.generation, wait_s=20.0))
                 if reply.job_state == "complete":
                     return
                 if reply.job_state == "failed":

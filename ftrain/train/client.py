@@ -25,16 +25,45 @@ class CoordinatorClient:
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
         self.metadata = token_metadata(env.token)
 
-    def call(self, method: str, request: object, timeout: float = 10.0, retry_unavailable: bool = True) -> Any:
-        return call_retrying(lambda: getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata),
+    def _call(self, method: Callable[..., Any], request: object, timeout: float = 10.0,
+              retry_unavailable: bool = True) -> Any:
+        return call_retrying(lambda: method(request, timeout=timeout, metadata=self.metadata),
                              f"coordinator {self.env.coordinator}", self.connect_timeout_s,
                              retry_unavailable=retry_unavailable,
                              hint=f" (gave up after {self.connect_timeout_s:.0f} s; set FTRAIN_CONNECT_TIMEOUT to "
                                   f"wait longer)")
 
+    # one method per RPC a trainer makes (the retry policy: ftrain.rpc.call_retrying)
+    def report_snapshot(self, request: pb.SnapshotReport) -> pb.SnapshotAck:
+        return self._call(self.stub.ReportSnapshot, request, timeout=30.0)
+
+    def wait_committed(self, request: pb.WaitCommittedRequest) -> pb.WaitCommittedResponse:
+        return self._call(self.stub.WaitCommitted, request, timeout=30.0)
+
+    def report_progress(self, request: pb.ProgressReport) -> pb.Ack:
+        """A pulse (request.pulse) is never retried: the next one comes a second later."""
+        return self._call(self.stub.ReportProgress, request, timeout=5.0 if request.pulse else 10.0,
+                          retry_unavailable=not request.pulse)
+
+    def report_failure(self, request: pb.FailureReport) -> pb.Ack:
+        return self._call(self.stub.ReportFailure, request)
+
+    def report_finished(self, request: pb.FinishedReport) -> pb.Ack:
+        return self._call(self.stub.ReportFinished, request)
+
+    def report_user_error(self, request: pb.UserErrorReport) -> pb.UserErrorVerdict:
+        return self._call(self.stub.ReportUserError, request, timeout=5.0,
+                          retry_unavailable=False)
+
+    def claim_fault(self, request: pb.FaultClaim) -> pb.Ack:
+        return self._call(self.stub.ClaimFault, request)
+
+    def watch(self, request: pb.WatchRequest) -> pb.WatchResponse:
+        return self._call(self.stub.WatchGeneration, request, timeout=30.0)
+
     def join(self, trainer_uid: str, known_generation: int) -> pb.GenerationAssignment:
         while True:
-            reply = self.call("JoinGeneration", pb.JoinRequest(
+            reply: pb.GenerationAssignment = self._call(self.stub.JoinGeneration, pb.JoinRequest(
                 trainer_uid=trainer_uid, node_id=self.env.node_id, local_rank=self.env.local_rank,
                 known_generation=known_generation, wait_s=20.0), timeout=30.0)
             if reply.status == "wait":
@@ -50,8 +79,7 @@ class CoordinatorClient:
         coordinator (restarting, say) is retried every second."""
         while not closed.is_set() and current():
             try:
-                reply = self.call("WatchGeneration", pb.WatchRequest(known_generation=generation, wait_s=20.0),
-                                  timeout=30.0)
+                reply = self.watch(pb.WatchRequest(known_generation=generation, wait_s=20.0))
             except Exception:
                 if closed.wait(1.0):
                     return None

@@ -390,7 +390,7 @@ class Session:
         """The last step is done: commit its snapshot, then tell the coordinator."""
         if self._committed_step != self.step:
             self._capture_and_wait()
-        self._coordinator.call("ReportFinished", pb.FinishedReport(
+        self._coordinator.report_finished(pb.FinishedReport(
             trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step))
 
     def _left_early(self, total_steps: int) -> None:
@@ -545,7 +545,7 @@ class Session:
         report.stall_s = self._last_stall_s  # the newest finished capture's stall
         blob = report.blob
         self.reporter.snapshot_stored(report.snapshot_duration_s, blob.size, blob.k * blob.shard_len if blob.m else 0)
-        return self._coordinator.call("ReportSnapshot", report, timeout=30.0)
+        return self._coordinator.report_snapshot(report)
 
     def report_state(self) -> None:
         self.reporter.state(rank=self.rank, generation=self.generation, world_size=self.world_size, step=self.step,
@@ -554,8 +554,8 @@ class Session:
     def _commit_reply(self, step: int, generation: int) -> pb.WaitCommittedResponse:
         """Long-polls until `step` is committed or the generation moves on."""
         while True:
-            reply = self._coordinator.call("WaitCommitted", pb.WaitCommittedRequest(step=step, generation=generation,
-                                                                               wait_s=20.0), timeout=30.0)
+            reply = self._coordinator.wait_committed(pb.WaitCommittedRequest(step=step, generation=generation,
+                                                                             wait_s=20.0))
             if reply.committed or reply.current_generation != generation:
                 return reply
 
@@ -584,10 +584,10 @@ class Session:
     # -- recovery ----------------------------------------------------------------------------
     def _report_failure(self, reason: str) -> None:
         try:  # progress first: the coordinator counts the steps lost between the restore step and here
-            self._coordinator.call("ReportProgress", pb.ProgressReport(trainer_uid=self.trainer_uid, generation=self.generation,
-                                                                 rank=self.rank, step=self.step))
-            self._coordinator.call("ReportFailure", pb.FailureReport(trainer_uid=self.trainer_uid, generation=self.generation,
-                                                               rank=self.rank, reason=reason[:500]))
+            self._coordinator.report_progress(pb.ProgressReport(trainer_uid=self.trainer_uid, generation=self.generation,
+                                                                rank=self.rank, step=self.step))
+            self._coordinator.report_failure(pb.FailureReport(trainer_uid=self.trainer_uid, generation=self.generation,
+                                                              rank=self.rank, reason=reason[:500]))
         except Exception as error:  # the coordinator finds the failure by itself too
             log.warning("could not report the failure: %s", error)
 
@@ -595,9 +595,9 @@ class Session:
         """Tells the coordinator what the user's code raised: (print the traceback?, the step)."""
         step = self._body_step if self._body_step is not None else self.step
         try:
-            verdict = self._coordinator.call("ReportUserError", pb.UserErrorReport(
+            verdict = self._coordinator.report_user_error(pb.UserErrorReport(
                 trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=step,
-                error_type=type(error).__name__, error_message=str(error)[:500]), timeout=5.0, retry_unavailable=False)
+                error_type=type(error).__name__, error_message=str(error)[:500]))
         except Exception as failure:  # the traceback is printed anyway
             log.warning("could not report the exception to the coordinator: %s", failure)
             return True, step
@@ -822,10 +822,9 @@ class Session:
             while True:  # the first pulse goes at once: a process is known alive before it joins
                 group = self._group
                 try:
-                    client.call("ReportProgress", pb.ProgressReport(
+                    client.report_progress(pb.ProgressReport(
                         trainer_uid=self.trainer_uid, generation=self.generation, rank=self.rank, step=self.step,
-                        in_collective=group is not None and group.waiting_since is not None, pulse=True),
-                        timeout=5.0, retry_unavailable=False)
+                        in_collective=group is not None and group.waiting_since is not None, pulse=True))
                 except Exception:  # the coordinator may be restarting; the next pulse tries again
                     pass
                 if self._closed.wait(1.0):
@@ -846,8 +845,8 @@ class Session:
     def inject_faults(self, entering_generation: int | None = None) -> None:
         """A fault point (`--inject`): at each step's start, and as the rank enters a generation."""
         for fault in self._faults.due(self.step, entering_generation):
-            claim = self._coordinator.call("ClaimFault", pb.FaultClaim(trainer_uid=self.trainer_uid, fault=fault.raw,
-                                                                       rank=self.rank, step=self.step))
+            claim = self._coordinator.claim_fault(pb.FaultClaim(trainer_uid=self.trainer_uid, fault=fault.raw,
+                                                                rank=self.rank, step=self.step))
             if claim.ok:
                 faults.fire(fault, self.agents, self._members, self.step)
 
