@@ -25,6 +25,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from ftrain import metrics as metrics_mod
+from ftrain.coordinator.machine import LostSteps
 from ftrain.proto.ftrain.v1 import agent_pb2
 from procs import REPO, kill_job, new_job_id
 
@@ -84,7 +85,7 @@ def _sample(text: str, name: str, labels: str = "") -> float | None:
 # -- pure parts --------------------------------------------------------------------------------------
 @pytest.mark.timeout(30)
 def test_lost_steps_counts_each_redone_step_once() -> None:
-    lost = metrics_mod.LostSteps()
+    lost = LostSteps()
     assert lost.generation_formed(None, 0, -1) == 0           # fresh start
     lost.progress(0, 4)
     lost.progress(0, 8)

@@ -28,7 +28,6 @@ from ftrain.coordinator.detector import (DetectionConfig, FailureDetector, HangD
 from ftrain.coordinator.durable import DurablePlanner, DurableSettings, Finalize, Outcome, Write
 from ftrain.coordinator.finish import finish_verdict
 from ftrain.coordinator.membership import Generation, Membership
-from ftrain.metrics import LostSteps
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import durable as durable_files
 from ftrain.snapshot.placement import effective_code
@@ -65,6 +64,45 @@ class GenerationPlan:
     restore_step: int
     blobs: list[pb.BlobInfo] = field(default_factory=list)
     store_address: str = ""  # restart mode: the generation's own rendezvous store (torchrun's MASTER_ADDR:PORT)
+
+
+class LostSteps:
+    """Counts steps redone after a generation change, from step progress (pure).
+
+    The work lost at a failure is the steps between the restore step and the step the failed
+    generation had reached. Progress comes from trainers' snapshot reports and from the
+    `ReportProgress` every surviving trainer sends when its step fails; a report that arrives
+    after the next generation formed still counts (each step at most once).
+    """
+
+    def __init__(self) -> None:
+        self._high: dict[int, int] = {}   # generation -> highest step reported in it
+        self._old_generation: int | None = None
+        self._counted_to = 0
+        self.total = 0
+
+    def progress(self, generation: int, step: int) -> int:
+        """Records `step` reached in `generation`. Returns newly lost steps (a late report)."""
+        if step > self._high.get(generation, -1):
+            self._high[generation] = step
+        if generation == self._old_generation and step > self._counted_to:
+            lost, self._counted_to = step - self._counted_to, step
+            self.total += lost
+            return lost
+        return 0
+
+    def generation_formed(self, old_generation: int | None, new_generation: int, restore_step: int) -> int:
+        """A generation formed and restores `restore_step`. Returns the steps the old one loses."""
+        lost = 0
+        if old_generation is not None and restore_step >= 0:
+            high = self._high.get(old_generation, restore_step)
+            lost = max(0, high - restore_step)
+            self._old_generation, self._counted_to = old_generation, max(high, restore_step)
+        else:
+            self._old_generation = None
+        self._high = {g: s for g, s in self._high.items() if g >= new_generation}
+        self.total += lost
+        return lost
 
 
 class CoordinatorMachine:

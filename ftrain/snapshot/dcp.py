@@ -31,7 +31,7 @@ def state_of(blob_paths: list[str]) -> dict[str, Any] | None:
     """The whole replicated state of a checkpoint's rank blobs (in rank order), as DCP saves it;
     None when the blobs hold per-rank (FSDP2) state."""
     from ftrain.snapshot import layout as lay
-    from ftrain.train import state as train_state
+    from ftrain.snapshot import state as train_state
 
     blobs = [lay.read_blob(np.fromfile(path, dtype=np.uint8)) for path in blob_paths]
     first = blobs[0][0]

@@ -39,7 +39,8 @@ from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
 from ftrain.snapshot import durable
 from ftrain.snapshot.rebuild import SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
-from ftrain.train import collectives, faults, state as train_state
+from ftrain.snapshot import state as train_state
+from ftrain.train import collectives, faults
 from ftrain.textfmt import short_reason
 from ftrain.train.client import CoordinatorClient, JobFailed
 from ftrain.train.data import ElasticSampler, make_collate

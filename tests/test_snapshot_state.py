@@ -1,4 +1,4 @@
-"""ftrain.train.state: a model and optimizer go to named tensors + meta and come back exactly."""
+"""ftrain.snapshot.state: a model and optimizer go to named tensors + meta and come back exactly."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ftrain.snapshot import layout as lay
-from ftrain.train import state as train_state
+from ftrain.snapshot import state as train_state
 
 
 def _trained(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
