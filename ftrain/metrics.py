@@ -98,6 +98,8 @@ class Metrics:
             "ftrain_shard_store_bytes", "Bytes of peers' snapshot shards held in this agent's memory", registry=r
         )
         self.trainer_restarts = Counter("ftrain_trainer_restarts", "Trainer processes restarted by this agent", registry=r)
+        self.shard_reads = Counter("ftrain_shard_reads", "Snapshot shards this agent served over the network, by kind "
+                                   "(shard: an erasure-coded piece; whole: a trainer's whole copy)", ["kind"], registry=r)
         self.trainer_step = Gauge(
             "ftrain_trainer_step", "Steps done by each trainer of this node (agent only)", ["local_rank"], registry=r
         )

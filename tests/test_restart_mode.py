@@ -6,6 +6,7 @@ adopts that group and each rank snapshots its own shards. Compared with plain to
 the same job without the failure (bit-identical)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ SCRIPT = str(SCRIPTS / "fsdp2_job.py")
 STEPS = 20
 
 
-def launch(tmp_path: Path, name: str, *launch_args: str, nodes: int = 4, script_args: tuple[str, ...] = ()) -> tuple[dict, str]:
+def launch(tmp_path: Path, name: str, *launch_args: str, nodes: int = 4, script_args: tuple[str, ...] = (),
+           env: dict[str, str] | None = None) -> tuple[dict, str]:
     out = tmp_path / f"{name}.pt"
     job = new_job_id(name)
     result = run_ftrain(["launch", "--nodes", str(nodes), "--job-id", job, "--recovery", "restart", *launch_args,
-                         "--", SCRIPT, "--steps", str(STEPS), *script_args, "--out", str(out)], job, timeout=300)
+                         "--", SCRIPT, "--steps", str(STEPS), *script_args, "--out", str(out)], job, timeout=300,
+                        env=env)
     assert result.returncode == 0, result.stdout[-8000:]
     return torch.load(out), result.stdout
 
@@ -55,10 +58,17 @@ def test_fsdp2_script_under_ftrain_equals_plain_torchrun(tmp_path: Path, referen
 @pytest.mark.parametrize("fault", ["kill-node:2@step=8", "kill-rank:1@step=11"])
 def test_fsdp2_job_restarted_after_a_failure_is_bit_identical(tmp_path: Path, reference: dict, fault: str) -> None:
     events = tmp_path / "events"
-    result, output = launch(tmp_path, "fault", "--inject", fault, "--events-file", str(events))
+    result, output = launch(tmp_path, "fault", "--inject", fault, "--events-file", str(events),
+                            env={"FTRAIN_LOG_LEVEL": "INFO"})
     assert_identical(reference, result)
     assert result["generation"] >= 1 and result["resumed_from"] is not None  # a fresh process, restored
-    assert result["full_copy_restores"] == 1  # rank 0 read its own blob back whole from its node's agent
+    # rank 0's restarted process read its own blob back whole from its node's shared memory
+    assert result["full_copy_restores"] == 1 and result["shm_restores"] == 1
+    served = [tuple(map(int, m)) for m in re.findall(r"served (\d+) shard\(s\) and (\d+) whole cop", output)]
+    assert len(served) >= 4, output[-3000:]  # every agent's count, as it exits
+    assert sum(whole for _, whole in served) == 0  # no whole copy went over the network
+    if fault.startswith("kill-rank"):  # every restarted rank restored from its own node: nothing fetched at all
+        assert sum(shards for shards, _ in served) == 0, served
     text = events.read_text()
     assert '"restart"' in text and "restarting every trainer" in text
     assert "failures 1, recoveries 1" in output, output[-3000:]

@@ -29,6 +29,7 @@ from ftrain.agent.store import AgentServicer, ShardStore
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import (PeerUnavailable, Unauthenticated, add_health_and_reflection, bind, call_retrying,
                         describe_rpc_error, make_server, open_channel, token_metadata)
+from ftrain.snapshot import local_copy
 from ftrain.snapshot.transfer import AgentPool
 
 log = logging.getLogger("ftrain.agent")
@@ -110,6 +111,9 @@ class Agent:
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
         self.store = ShardStore()
         self.metrics = metrics_mod.Metrics()
+        self.reads = {"shard": 0, "whole": 0}  # shards served over the network (ftrain_shard_reads_total)
+        self.store.on_read = self._count_read
+        self.shm_dir = ""  # restart mode: trainers keep their own blobs whole here (ftrain.snapshot.local_copy)
         self._node_ref = [node_id]
         self.server = make_server(token, max_workers=32)
         self.port = bind(self.server, host, port)
@@ -173,6 +177,7 @@ class Agent:
                                         exit_code=t.exit_code, last_step=self.trainer_steps.get(t.local_rank, 0))
                          for t in self.trainers.values()]
             count, size = self.store.stats()
+            size += local_copy.bytes_held(self.shm_dir)  # the trainers' whole copies are this node's memory too
             self.metrics.shard_store_bytes.set(size)
             results = self._writer.take_results() if self._writer is not None else []
             try:
@@ -198,6 +203,7 @@ class Agent:
             self._checkpoint_pending = response.checkpoint_pending
             if response.min_retained_step > 0:
                 self.store.drop_older_than(response.min_retained_step)
+                local_copy.prune(self.shm_dir, response.min_retained_step)
             for command in response.commands:
                 self._run_command(command)
             for order in response.checkpoint_orders:
@@ -311,7 +317,7 @@ class Agent:
         env.update({
             cfg.ENV_COORDINATOR: self.coordinator, cfg.ENV_JOB_ID: self.job_id, cfg.ENV_NODE_ID: self.node_id,
             cfg.ENV_LOCAL_RANK: str(local_rank), cfg.ENV_TOKEN: self.token,
-            "FTRAIN_AGENT_ADDRESS": self.address, "FTRAIN_BIND_HOST": self.host,
+            "FTRAIN_AGENT_ADDRESS": self.address, "FTRAIN_BIND_HOST": self.host, local_copy.ENV_DIR: self.shm_dir,
             "FTRAIN_LOG_SOURCE": f"{self.node_id}/{local_rank}",  # ftrain.textfmt: one log line format
         })
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -412,6 +418,8 @@ class Agent:
             self.data_server.stop()
             return 2
         self.servicer_job = self.job_id
+        if self.recovery == "restart":
+            self.shm_dir = local_copy.make_dir(self.job_id, self.node_id)
         with self._lock:
             for local_rank in range(self.nproc):
                 self.trainers[local_rank] = TrainerProcess(local_rank, None)
@@ -443,11 +451,20 @@ class Agent:
             self.data_server.stop()
             if self._writer is not None:
                 self._writer.close()
+            local_copy.remove_dir(self.shm_dir)
+            log.info("agent %s: served %d shard(s) and %d whole cop(ies) over the network", self.node_id,
+                     self.reads["shard"], self.reads["whole"])
         if self.job_state == "complete":
             log.info("agent %s: job complete", self.node_id)
             return 0
         log.error("agent %s: job %s: %s", self.node_id, self.job_state, self.job_message[:160])
         return 1
+
+    def _count_read(self, index: int) -> None:
+        kind = "whole" if index == local_copy.FULL_COPY else "shard"
+        with self._lock:
+            self.reads[kind] += 1
+        self.metrics.shard_reads.labels(kind=kind).inc()
 
     def stop(self) -> None:
         self._finish("failed", "agent stopped")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 
@@ -54,6 +54,7 @@ class ShardStore:
         self._shards: dict[tuple[str, int], StoredShard] = {}
         self._spare: list[bytearray] = []
         self._corrupting = False  # fault injection: this node's shard memory has gone bad
+        self.on_read: Callable[[int], None] | None = None  # a shard of this index was served over the network
 
     def take_buffer(self, size: int) -> bytearray:
         """A writable buffer of exactly `size` bytes for an incoming shard (reused when one fits)."""
@@ -183,6 +184,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         shard = self.store.acquire(request.blob_id, request.index)
         if shard is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.blob_id}#{request.index} on this agent")
+        if self.store.on_read is not None:
+            self.store.on_read(request.index)
         try:
             view = memoryview(shard.data)  # type: ignore[union-attr]
             total = len(view)

@@ -22,7 +22,8 @@ import torch
 
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.rpc import describe_rpc_error
-from ftrain.snapshot import compress
+from ftrain.snapshot import compress, local_copy
+from ftrain.snapshot.local_copy import FULL_COPY
 from ftrain.snapshot import layout as lay
 from ftrain.snapshot.erasure import codec, shard_checksum, shard_length
 from ftrain.snapshot.placement import effective_code, place_blobs
@@ -31,7 +32,6 @@ from ftrain.snapshot.rebuild import rebuild_blob
 from ftrain.snapshot.transfer import AgentPool
 
 log = logging.getLogger("ftrain.snapshot")
-FULL_COPY = 255  # the shard index of a whole blob kept by its producer's own agent (restart mode)
 COMMIT_WAIT_S = 20.0  # how long a snapshot report may wait at the coordinator for the step's commit
 
 
@@ -93,9 +93,12 @@ class SnapshotEngine:
         self.compression = "none"  # per job (`--compress`); set from the generation's config
         self.last_duration_s = 0.0
         self._copier = lay.SliceCopier()
-        # restart mode: this node's agent (gRPC address) also keeps the whole blob (shard index
-        # FULL_COPY), so a restarted trainer reads it back from there instead of decoding shards
+        # restart mode: the whole blob is also kept on this node, in its agent's shared-memory
+        # directory (ftrain.snapshot.local_copy) or else on the agent itself (gRPC address, shard
+        # index FULL_COPY), so a restarted trainer reads it back instead of decoding shards
         self.local_agent = ""
+        self.shm_dir = ""
+        self.whole_from_shm = 0  # restores whose blob came from this node's shared memory
 
     # -- configuration per generation --------------------------------------------------------
     def configure(self, generation: int, rank: int, world_size: int, members: list[pb.Member], ec_k: int, ec_m: int) -> None:
@@ -260,9 +263,8 @@ class SnapshotEngine:
         # a deadline scaled to the shard (>= 50 MB/s): an unreachable (partitioned) agent must not hold
         # the pipeline for long; the coordinator finds the node dead and the generation moves on
         deadline = 5.0 + length / 50e6
-        if self.local_agent:  # restart mode: a whole copy on this node's agent outlives this process
-            self.agents.put_shard(self.local_agent, blob.blob_id, FULL_COPY, blob.step, blob.buffer[:blob.size],
-                                  blob_crc, b"", deadline)
+        if self.local_agent:  # restart mode: a whole copy on this node outlives this process
+            self._keep_whole(blob, blob_crc, deadline)
         problems = self.agents.put_shards(self._pool, placement.targets, blob.blob_id, blob.step, shards, crcs,
                                           info_bytes, deadline)
         if problems:
@@ -283,11 +285,30 @@ class SnapshotEngine:
             except Exception as error:  # the blob is stored; the training loop asks the coordinator itself
                 log.debug("commit of step %d not confirmed by the worker: %s", blob.step, error)
 
+    def _keep_whole(self, blob: LocalBlob, crc32: int, deadline: float) -> None:
+        """In the node's shared memory when there is room, else on this node's agent."""
+        assert self.agents is not None
+        if self.shm_dir:
+            try:
+                local_copy.write(self.shm_dir, blob.blob_id, blob.buffer[:blob.size])
+                return
+            except OSError as error:  # e.g. a container's 64 MiB /dev/shm
+                log.warning("cannot keep blob %s in %s (%s); this node's agent keeps it instead", blob.blob_id,
+                            self.shm_dir, error)
+                self.shm_dir = ""
+        self.agents.put_shard(self.local_agent, blob.blob_id, FULL_COPY, blob.step, blob.buffer[:blob.size],
+                              crc32, b"", deadline)
+
     # -- restore -----------------------------------------------------------------------------
     def fetch_full_copy(self, info: pb.BlobInfo, address: str) -> np.ndarray | None:
-        """The whole blob from its producer's agent (restart mode), checked; None when that agent
-        does not have it (or cannot be reached)."""
+        """The whole blob (restart mode), checked: from this node's shared memory when its producer
+        ran here, else from its producer's agent; None when neither has it (or is reachable)."""
         assert self.agents is not None
+        if self.shm_dir and info.producer_node == self.node_id:
+            data = local_copy.read(self.shm_dir, info.blob_id, info.raw_size or info.size, info.crc32)
+            if data is not None:
+                self.whole_from_shm += 1
+                return data
         try:
             return self.agents.get_shard(address, info.blob_id, FULL_COPY, info.crc32, timeout=10.0 + info.raw_size / 50e6)
         except (grpc.RpcError, OSError) as error:  # ShardCorrupted and data-plane errors are OSErrors

@@ -39,7 +39,7 @@ from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
 from ftrain.snapshot import durable
 from ftrain.snapshot.rebuild import SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
-from ftrain.snapshot import state as train_state
+from ftrain.snapshot import local_copy, state as train_state
 from ftrain.train import collectives, faults
 from ftrain.textfmt import short_reason
 from ftrain.train.client import CoordinatorClient, JobFailed
@@ -668,6 +668,7 @@ class Session:
         self.reducer.set_group(self._group)
         self.engine.configure(a.generation, a.rank, a.world_size, self._members, config.ec_k, config.ec_m)
         self.engine.local_agent = os.environ.get("FTRAIN_AGENT_ADDRESS", "") if self.recovery == "restart" else ""
+        self.engine.shm_dir = os.environ.get(local_copy.ENV_DIR, "") if self.recovery == "restart" else ""
         self.engine.compression = config.compress or "none"
         self._last_capture = None
         self.inject_faults(entering_generation=a.generation)  # `@gen=G`: a failure during recovery
@@ -732,6 +733,7 @@ class Session:
             whole = self.engine.fetch_full_copy(info, producer)  # on the producer's agent (usually this node's)
             if whole is not None:
                 self.stats["full_copy_restores"] = self.stats.get("full_copy_restores", 0) + 1
+                self.stats["shm_restores"] = self.engine.whole_from_shm
                 return whole
         return self.engine.fetch(info, live_nodes={m.node_id for m in self._members})
 

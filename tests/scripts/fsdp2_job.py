@@ -103,7 +103,8 @@ def main() -> None:
         torch.save({"params": {k: v.clone() for k, v in full.items()}, "ledger": dict(ledger.counts),
                     "world_size": dist.get_world_size(), "generation": session.generation if session else 0,
                     "resumed_from": session.resumed_from if session else None,
-                    "full_copy_restores": session.stats.get("full_copy_restores", 0) if session else 0}, args.out)
+                    "full_copy_restores": session.stats.get("full_copy_restores", 0) if session else 0,
+                    "shm_restores": session.stats.get("shm_restores", 0) if session else 0}, args.out)
     if session is not None:
         session.finish()
     dist.destroy_process_group()
