@@ -50,6 +50,17 @@ def test_the_final_step_is_checkpointed_whenever_it_is_new() -> None:
     assert not p.on_commit(14, 0, 3, blobs(14, PLACEMENT), LIVE, 2.0, final=True)[0]  # already taken
 
 
+def test_a_final_step_skipped_as_busy_is_checkpointed_once_the_one_in_flight_ends() -> None:
+    p = planner(every=10)
+    assert p.on_commit(10, 0, 3, blobs(10, PLACEMENT), LIVE, 1.0)[0]
+    orders, outcome = p.on_commit(20, 0, 3, blobs(20, PLACEMENT), LIVE, 2.0)  # due, but step 10 is in flight
+    assert not orders and outcome is not None and outcome.reason == "busy"
+    p.in_flight = None  # step 10 done; the job completed at step 20: its last step must still go to disk
+    assert p.on_commit(20, 0, 3, blobs(20, PLACEMENT), LIVE, 3.0, final=True)[0]
+    p.in_flight = None
+    assert not p.on_commit(20, 0, 3, blobs(20, PLACEMENT), LIVE, 4.0, final=True)[0]  # once
+
+
 def test_due_by_time_and_after_a_resume() -> None:
     p = planner(every=0, every_s=30.0)
     assert not p.due(5, now=29.0) and p.due(5, now=30.0)

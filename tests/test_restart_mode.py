@@ -45,10 +45,37 @@ def assert_identical(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    result, output = launch(tmp_path_factory.mktemp("ref"), "ref")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The failure-free run; its durable checkpoints too (the tier never changes the training)."""
+    root = tmp_path_factory.mktemp("ref")
+    result, output = launch(root, "ref", "--checkpoint-dir", str(root / "ckpt"), "--checkpoint-every", "10")
     assert result["generation"] == 0 and result["resumed_from"] is None, output[-3000:]
-    return result
+    return result, root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: tuple[dict, Path]) -> dict:
+    return reference_run[0]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP's note on loading in one process
+def test_fsdp2_checkpoint_in_dcp_format_holds_the_whole_model(reference_run: tuple[dict, Path]) -> None:
+    """Each rank's own shards, put together: the DCP copy of the last checkpoint is the model the
+    job gathered with get_model_state_dict(full_state_dict=True), exactly."""
+    from torch.distributed.checkpoint import format_utils
+
+    from ftrain.snapshot import durable
+
+    result, directory = reference_run
+    checkpoint, _ = durable.newest_complete(str(directory))
+    assert checkpoint is not None and checkpoint.step == STEPS and checkpoint.world_size == 4
+    whole_pt = directory / "whole.pt"
+    format_utils.dcp_to_torch_save(str(Path(checkpoint.path) / "dcp"), str(whole_pt))
+    whole = torch.load(whole_pt, weights_only=False)
+    assert whole["model"].keys() == result["params"].keys()
+    for name, tensor in result["params"].items():
+        assert torch.equal(whole["model"][name], tensor), name
+    assert whole["ftrain"]["step"] == STEPS and whole["optimizer"]["state"]
 
 
 def test_fsdp2_script_under_ftrain_equals_plain_torchrun(tmp_path: Path, reference: dict) -> None:

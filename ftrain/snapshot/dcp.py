@@ -12,13 +12,16 @@ so standard tools load it without ftrain:
 or `torch.distributed.checkpoint.format_utils.dcp_to_torch_save(dir, "step20.pt")` for all of it:
 `model` (parameters and rank 0's buffers), `optimizer` (the optimizer's state dict, parameter ids
 as keys) and `ftrain` (step, world size, the sampler's position, registered objects' state).
-Per-rank (FSDP2) state is not written in DCP: each rank's blob holds its own shards, and
-resharding them is left to a later version. torch is imported only here, by the one agent that
-finalizes a checkpoint.
+Per-rank (FSDP2) state, where each rank's blob holds its own shards, is written the same way once
+the shards are put together into whole tensors (DTensors sharded on dim d of a 1-D mesh, FSDP2's
+layout, concatenated in rank order; replicated ones taken from rank 0); DCP then loads it into a
+model sharded over any number of ranks. Other layouts (2-D meshes) get no DCP copy. torch is
+imported only here, by the one agent that finalizes a checkpoint.
 """
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from typing import Any
 
@@ -28,18 +31,22 @@ DCP_DIR = "dcp"
 
 
 def state_of(blob_paths: list[str]) -> dict[str, Any] | None:
-    """The whole replicated state of a checkpoint's rank blobs (in rank order), as DCP saves it;
-    None when the blobs hold per-rank (FSDP2) state."""
+    """The whole state of a checkpoint's rank blobs (in rank order), as DCP saves it; None for a
+    per-rank layout that is not put together (see the module docstring)."""
     from ftrain.snapshot import layout as lay
     from ftrain.snapshot import state as train_state
 
     blobs = [lay.read_blob(np.fromfile(path, dtype=np.uint8)) for path in blob_paths]
     first = blobs[0][0]
     if first.get("whole"):
-        return None
-    flat = lay.assemble(first["total"], [(meta["slice"][0], payload) for meta, payload in blobs])
-    entries = tuple(lay.TensorEntry(*e) for e in first["layout"])
-    views = lay.tensors_from_flat(lay.StateLayout(entries, first["total"]), flat)
+        whole = _whole_tensors(blobs)
+        if whole is None:
+            return None
+        views = whole
+    else:
+        flat = lay.assemble(first["total"], [(meta["slice"][0], payload) for meta, payload in blobs])
+        entries = tuple(lay.TensorEntry(*e) for e in first["layout"])
+        views = lay.tensors_from_flat(lay.StateLayout(entries, first["total"]), flat)
     model = {name[6:]: tensor for name, tensor in views.items() if name.startswith("model/")}
     model.update(first.get("buffers", {}))
     return {"model": model, "optimizer": train_state.optimizer_state(views, first["optimizer"]),
@@ -47,8 +54,48 @@ def state_of(blob_paths: list[str]) -> dict[str, Any] | None:
                        "registered": first["registered"]}}
 
 
+# as ftrain.snapshot.state.placements writes them: "mesh (4,) / ('S(0)',) / global (64, 16)" (str() of a
+# placement: S(d) or Shard(dim=d), R or Replicate())
+_PLACEMENT = re.compile(r"^mesh \((\d+),\) / \('(?:S\((\d+)\)|Shard\(dim=(\d+)\)|R|Replicate\(\))',\) / "
+                        r"global \(([\d, ]*)\)$")
+
+
+def _whole_tensors(blobs: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any] | None:
+    """Whole tensors from every rank's own shards (see the module docstring), or None for a
+    layout this does not put together."""
+    import torch
+
+    from ftrain.snapshot import layout as lay
+
+    views = []
+    for meta, payload in blobs:
+        entries = tuple(lay.TensorEntry(*e) for e in meta["layout"])
+        flat = lay.assemble(meta["total"], [(0, payload)])
+        views.append(lay.tensors_from_flat(lay.StateLayout(entries, meta["total"]), flat))
+    placements: dict[str, str] = blobs[0][0]["optimizer"].get("placements", {})
+    whole: dict[str, Any] = {}
+    for name, tensor in views[0].items():
+        spec = placements.get(name)
+        if spec is None:  # a plain tensor: the same on every rank
+            whole[name] = tensor
+            continue
+        match = _PLACEMENT.match(spec)
+        if match is None or int(match.group(1)) != len(views):
+            return None
+        dim = match.group(2) or match.group(3)
+        if dim is None:  # replicated
+            whole[name] = tensor
+            continue
+        joined = torch.cat([v[name] for v in views], dim=int(dim))
+        if tuple(joined.shape) != tuple(int(x) for x in match.group(4).split(",") if x.strip()):
+            return None
+        whole[name] = joined
+    return whole
+
+
 def write(checkpoint_dir: str, blob_paths: list[str]) -> str:
-    """Writes `checkpoint_dir`/dcp from the rank blobs; returns its name, or "" for per-rank state."""
+    """Writes `checkpoint_dir`/dcp from the rank blobs; returns its name, or "" for a layout that
+    is not put together (see the module docstring)."""
     state = state_of(blob_paths)
     if state is None:
         return ""
