@@ -190,12 +190,10 @@ class ShardDataServer:
         return True
 
     def _get(self, conn: socket.socket, request: apb.DataRequest) -> bool:
-        shard = self.store.acquire(request.blob_id, request.index)
+        shard = self.store.serve(request.blob_id, request.index)
         if shard is None:
             self._reply(conn, dp.NOT_FOUND, f"no shard {request.blob_id}#{request.index} on this agent")
             return True
-        if self.store.on_read is not None:
-            self.store.on_read(request.index)
         try:
             conn.settimeout(TRANSFER_TIMEOUT_S)
             conn.sendall(dp.encode_frame(apb.DataReply(code=dp.OK, total_len=len(shard.data), crc32=shard.crc32,

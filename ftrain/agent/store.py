@@ -105,6 +105,13 @@ class ShardStore:
                 shard.readers += 1
             return shard
 
+    def serve(self, blob_id: str, index: int) -> StoredShard | None:
+        """:meth:`acquire` for a peer reading the shard over the network, counted (`on_read`)."""
+        shard = self.acquire(blob_id, index)
+        if shard is not None and self.on_read is not None:
+            self.on_read(index)
+        return shard
+
     def release(self, shard: StoredShard) -> None:
         with self._lock:
             shard.readers -= 1
@@ -181,11 +188,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def GetShard(self, request: apb.GetShardRequest, context: grpc.ServicerContext) -> Iterator[apb.ShardChunk]:
         self._check_job(request.job_id, context)
-        shard = self.store.acquire(request.blob_id, request.index)
+        shard = self.store.serve(request.blob_id, request.index)
         if shard is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.blob_id}#{request.index} on this agent")
-        if self.store.on_read is not None:
-            self.store.on_read(request.index)
         try:
             view = memoryview(shard.data)  # type: ignore[union-attr]
             total = len(view)

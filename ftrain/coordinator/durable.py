@@ -82,10 +82,10 @@ class DurablePlanner:
         self.job_id = job_id
         self.in_flight: _InFlight | None = None
         self.last_step = resumed_step        # newest complete checkpoint of this job (or the one it resumed from)
-        self._last_began_step = max(0, resumed_step)
+        self._last_began_step = max(0, resumed_step)  # the newest step that was due (written or skipped)
         self._last_began_time = now
+        self._last_started_step = max(0, resumed_step)  # the newest step whose writing was ordered
         self.last_outcome: Outcome | None = None
-        self._skipped_busy = -1  # a due step skipped because another checkpoint was being written
 
     # -- when ------------------------------------------------------------------------------
     def due(self, step: int, now: float) -> bool:
@@ -102,12 +102,11 @@ class DurablePlanner:
         """A step was committed (`final`: the job's last, checkpointed whenever it is newer than the
         last checkpoint). Returns the write orders (none when it is not due) and, when a due step
         cannot be taken, the outcome saying why."""
-        # the final step goes to disk when it is new, or when it was due but skipped as busy
-        if not (self.due(step, now) or (final and (step > self._last_began_step or step == self._skipped_busy))):
+        # the final step goes to disk unless its writing was already ordered (it may have been due but skipped)
+        if not (self.due(step, now) or (final and step > self._last_started_step)):
             return [], None
         self._last_began_step, self._last_began_time = step, now
         if self.in_flight is not None:
-            self._skipped_busy = step
             return [], self._end(Outcome("skipped", step, "busy",
                                          f"checkpoint of step {step} skipped: the one of step {self.in_flight.step} "
                                          f"is still being written (a slow disk?)"))
@@ -125,8 +124,7 @@ class DurablePlanner:
                                              f"rank {rank}'s blob"))
             flight.writers[rank] = writer
             load[writer] += 1
-        self.in_flight = flight
-        self._skipped_busy = -1 if step >= self._skipped_busy else self._skipped_busy
+        self.in_flight, self._last_started_step = flight, step
         return [Write(flight.writers[r], step, r, by_rank[r].info) for r in sorted(by_rank)], None
 
     def on_written(self, node_id: str, step: int, rank: int, file: str, size: int, crc32: int,

@@ -44,9 +44,7 @@ def state_of(blob_paths: list[str]) -> dict[str, Any] | None:
             return None
         views = whole
     else:
-        flat = lay.assemble(first["total"], [(meta["slice"][0], payload) for meta, payload in blobs])
-        entries = tuple(lay.TensorEntry(*e) for e in first["layout"])
-        views = lay.tensors_from_flat(lay.StateLayout(entries, first["total"]), flat)
+        views = lay.state_views(first, [(meta["slice"][0], payload) for meta, payload in blobs])
     model = {name[6:]: tensor for name, tensor in views.items() if name.startswith("model/")}
     model.update(first.get("buffers", {}))
     return {"model": model, "optimizer": train_state.optimizer_state(views, first["optimizer"]),
@@ -67,11 +65,7 @@ def _whole_tensors(blobs: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, 
 
     from ftrain.snapshot import layout as lay
 
-    views = []
-    for meta, payload in blobs:
-        entries = tuple(lay.TensorEntry(*e) for e in meta["layout"])
-        flat = lay.assemble(meta["total"], [(0, payload)])
-        views.append(lay.tensors_from_flat(lay.StateLayout(entries, meta["total"]), flat))
+    views = [lay.state_views(meta, [(0, payload)]) for meta, payload in blobs]
     placements: dict[str, str] = blobs[0][0]["optimizer"].get("placements", {})
     whole: dict[str, Any] = {}
     for name, tensor in views[0].items():

@@ -207,3 +207,10 @@ def assemble(total: int, pieces: Iterable[tuple[int, np.ndarray]]) -> torch.Tens
     if covered != total:
         raise BlobFormatError(f"snapshot slices cover {covered} of {total} bytes: a rank's blob is missing")
     return flat
+
+
+def state_views(meta: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """The named tensors of a snapshot whose blobs' meta is `meta` (its "layout" and "total"), put
+    together from their (offset, payload) pieces: one piece at 0 for a rank's whole own state."""
+    entries = tuple(TensorEntry(*e) for e in meta["layout"])
+    return tensors_from_flat(StateLayout(entries, meta["total"]), assemble(meta["total"], pieces))

@@ -756,9 +756,7 @@ class Session:
             model_state, self.optimizer.state_dict()["state"]))
         if mismatch:
             raise SnapshotLost(mismatch)
-        entries = tuple(lay.TensorEntry(*e) for e in meta["layout"])
-        flat = lay.assemble(meta["total"], [(0, payload)])
-        views = lay.tensors_from_flat(lay.StateLayout(entries, meta["total"]), flat)
+        views = lay.state_views(meta, [(0, payload)])
         with torch.no_grad():
             for name, tensor in model_state.items():
                 if name not in self._buffer_names:
@@ -802,9 +800,7 @@ class Session:
         if not blobs:
             raise SnapshotLost(f"no blobs listed for step {a.restore_step}")
         first_meta = blobs[min(blobs)][0]
-        flat = lay.assemble(first_meta["total"], [(meta["slice"][0], payload) for meta, payload in blobs.values()])
-        entries = tuple(lay.TensorEntry(*e) for e in first_meta["layout"])
-        views = lay.tensors_from_flat(lay.StateLayout(entries, first_meta["total"]), flat)
+        views = lay.state_views(first_meta, [(meta["slice"][0], payload) for meta, payload in blobs.values()])
         old_world = first_meta["world_size"]
         own = blobs.get(self.rank) or blobs[self.rank % old_world]
         model_state = {name[6:]: t for name, t in views.items() if name.startswith("model/")}
