@@ -76,3 +76,10 @@ def test_a_sharding_mismatch_names_the_tensor_and_the_fix() -> None:
     assert "model/w was \"mesh (2,)" in message.replace("'", '"') and "1 tensor(s) differ" in message
     assert "fully_shard()" in message
     assert train_state.placements({"w": torch.zeros(2)}, {}) == {}  # plain tensors have no placements
+
+
+def test_param_names_follow_the_optimizers_numbering() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD([{"params": [model[2].weight, model[0].bias]},
+                                 {"params": [model[0].weight, torch.nn.Parameter(torch.zeros(1))]}], lr=0.1)
+    assert train_state.param_names(model, optimizer) == ["2.weight", "0.bias", "0.weight", ""]

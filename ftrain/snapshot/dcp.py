@@ -10,13 +10,17 @@ so standard tools load it without ftrain:
     model.load_state_dict(state["model"])
 
 or `torch.distributed.checkpoint.format_utils.dcp_to_torch_save(dir, "step20.pt")` for all of it:
-`model` (parameters and rank 0's buffers), `optimizer` (the optimizer's state dict, parameter ids
-as keys) and `ftrain` (step, world size, the sampler's position, registered objects' state).
+`model` (parameters and rank 0's buffers), `optimizer` (the optimizer's state dict keyed by
+parameter names, as `torch.distributed.checkpoint.state_dict.get_optimizer_state_dict` makes it,
+so `set_state_dict` loads it; by parameter ids where names are unknown) and `ftrain` (step, world
+size, the sampler's position, registered objects' state). A DDP-wrapped model's names keep DDP's
+`module.` prefix.
 Per-rank (FSDP2) state, where each rank's blob holds its own shards, is written the same way once
 the shards are put together into whole tensors (DTensors sharded on dim d of a 1-D mesh, FSDP2's
 layout, concatenated in rank order; replicated ones taken from rank 0); DCP then loads it into a
-model sharded over any number of ranks. Other layouts (2-D meshes) get no DCP copy. torch is
-imported only here, by the one agent that finalizes a checkpoint.
+model sharded over any number of ranks (`load`: what `ftrain launch --resume` does for FSDP2 state
+on another world size). Other layouts (2-D meshes) get no DCP copy. torch is imported in the
+functions only: agents import this module and need torch only to finalize a checkpoint.
 """
 from __future__ import annotations
 
@@ -47,9 +51,35 @@ def state_of(blob_paths: list[str]) -> dict[str, Any] | None:
         views = lay.state_views(first, [(meta["slice"][0], payload) for meta, payload in blobs])
     model = {name[6:]: tensor for name, tensor in views.items() if name.startswith("model/")}
     model.update(first.get("buffers", {}))
-    return {"model": model, "optimizer": train_state.optimizer_state(views, first["optimizer"]),
+    return {"model": model, "optimizer": _by_name(train_state.optimizer_state(views, first["optimizer"]),
+                                                  first["optimizer"].get("param_names", [])),
             "ftrain": {"step": first["step"], "world_size": first["world_size"], "sampler": first["sampler"],
                        "registered": first["registered"]}}
+
+
+def _by_name(optimizer: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter names, as torch.distributed.checkpoint.state_dict's
+    get_optimizer_state_dict makes it (so its set_optimizer_state_dict loads it), from one keyed by
+    parameter ids; as it is when the names are unknown or not unique."""
+    pids = [pid for group in optimizer["param_groups"] for pid in group["params"]]
+    if not names or "" in names or len(set(names)) != len(names) or sorted(pids) != list(range(len(names))):
+        return optimizer
+    return {"state": {names[pid]: entry for pid, entry in optimizer["state"].items()},
+            "param_groups": [dict(group, params=[names[pid] for pid in group["params"]])
+                             for group in optimizer["param_groups"]]}
+
+
+def load(directory: str, module: Any, optimizer: Any) -> None:
+    """Loads the DCP copy in `directory` into a model and its optimizer sharded in any way (FSDP2
+    over another number of ranks: DCP reads each rank's part of every tensor), with torch's own
+    recipe: get_state_dict, torch.distributed.checkpoint.load, set_state_dict. Every rank of the
+    default process group calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(module, optimizer)
+    dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=directory)  # in place
+    set_state_dict(module, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 
 # as ftrain.snapshot.state.placements writes them: "mesh (4,) / ('S(0)',) / global (64, 16)" (str() of a

@@ -58,6 +58,7 @@ class Checkpoint:
     generation: int
     job_id: str
     parts: tuple[Part, ...]
+    dcp: str = ""  # the path of its DCP copy (ftrain.snapshot.dcp), "" when it has none
 
 
 def _fsync_dir(path: str) -> None:
@@ -180,7 +181,8 @@ def load_manifest(directory: str, verify: bool = True) -> Checkpoint:
             parts.append(Part(int(entry["rank"]), file, size, crc))
         checkpoint = Checkpoint(directory, int(manifest["step"]), int(manifest["world_size"]),
                                 int(manifest.get("generation", -1)), str(manifest.get("job_id", "")),
-                                tuple(sorted(parts, key=lambda p: p.rank)))
+                                tuple(sorted(parts, key=lambda p: p.rank)),
+                                os.path.join(directory, manifest["dcp"]) if manifest.get("dcp") else "")
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} is malformed: {error!r}") from None
     if sorted(p.rank for p in checkpoint.parts) != list(range(checkpoint.world_size)):

@@ -44,12 +44,22 @@ def placement_mismatch(saved: dict[str, str], current: dict[str, str]) -> str:
             f"calls as the job that wrote it did")
 
 
+def param_names(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name (as in the module's state dict) of each parameter the optimizer holds, in the
+    numbering of its state dict; '' for one the module does not have."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    return [names.get(id(p), "") for group in optimizer.param_groups for p in group["params"]]
+
+
 def split_state(model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any], skip: set[str],
-                sharded: bool) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any]]:
+                sharded: bool, names: list[str] | None = None) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any]]:
     """(named tensors, optimizer meta) of a model's state dict (less the names in `skip`) and an
-    optimizer's state dict; `sharded`: also record how each DTensor is laid out."""
+    optimizer's state dict; `sharded`: also record how each DTensor is laid out; `names`: each
+    optimizer parameter's name (param_names), kept in the meta for the DCP copy."""
     tensors = [(f"model/{name}", local(t)) for name, t in model_state.items() if name not in skip]
     opt_meta: dict[str, Any] = {"param_groups": optimizer_state["param_groups"], "state": {}}
+    if names is not None:
+        opt_meta["param_names"] = names
     for pid in sorted(optimizer_state["state"]):
         entry: dict[str, Any] = {}
         for key in sorted(optimizer_state["state"][pid]):

@@ -36,7 +36,7 @@ from ftrain.config import ConfigError, TrainerEnv
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import layout as lay
 from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
-from ftrain.snapshot import durable
+from ftrain.snapshot import dcp, durable
 from ftrain.snapshot.rebuild import SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
 from ftrain.snapshot import local_copy, state as train_state
@@ -194,6 +194,7 @@ class Session:
         # sharded state (FSDP2 DTensors): each rank captures and restores all of its own; replicated
         # state (the script's own DDP too) is captured 1/N per rank as usual
         self._sharded = any(hasattr(t, "placements") for t in model.state_dict().values())
+        self._param_names = train_state.param_names(model, optimizer)
         self.recovery = "inprocess"  # the job's recovery mode (from the generation's config)
         self._high_water = 0  # one past the highest step whose loop body has run
         self._compute_start = self._comm_before = 0.0
@@ -491,7 +492,7 @@ class Session:
         """The state every rank holds alike (parameters, optimizer state), captured 1/N per rank.
         Buffers are per rank under DDP semantics (each forward starts from rank 0's): see _meta."""
         return train_state.split_state(self.module.state_dict(), self.optimizer.state_dict(), self._buffer_names,
-                                       self._sharded)
+                                       self._sharded, self._param_names)
 
     def _layout(self, named: list[tuple[str, torch.Tensor]]) -> lay.StateLayout:
         """The state's layout, rebuilt only when a tensor's name, dtype or shape changed (the
@@ -743,10 +744,8 @@ class Session:
         mine = [info for info in a.restore_blobs if info.producer_rank == self.rank]
         world = {info.producer_world_size for info in a.restore_blobs}
         if world != {self.world_size} or len(mine) != 1:
-            raise SnapshotLost(
-                f"the snapshot of step {a.restore_step} was taken by {sorted(world)} rank(s), this generation has "
-                f"{self.world_size}: per-rank (FSDP2) state is restored only at the same world size. Keep it "
-                f"(a replacement node or --spares), or resume it on the same number of ranks")
+            self._restore_resharded(a, world)
+            return
         meta, payload = lay.read_blob(self._blob_bytes(a, mine[0]))
         if not meta.get("whole"):
             raise SnapshotLost(f"the snapshot of step {a.restore_step} holds replicated slices, not this rank's own "
@@ -766,6 +765,33 @@ class Session:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.optimizer.load_state_dict(train_state.optimizer_state(views, meta["optimizer"], params))
         self._restore_common(a, meta, meta)
+
+    def _restore_resharded(self, a: pb.GenerationAssignment, world: set[int]) -> None:
+        """Per-rank (FSDP2) state taken by another number of ranks: from a durable checkpoint's DCP
+        copy (`ftrain launch --resume` on another world size), which DCP reshards; the rest (data
+        position, registered objects, RNG) from the blobs of rank 0 and of rank (this rank mod the
+        old world size), as a replicated restore takes it."""
+        blobs = sorted(a.restore_blobs, key=lambda b: b.producer_rank)
+        copy = ""
+        if blobs and all(info.path for info in blobs) and len(world) == 1:
+            try:
+                copy = durable.load_manifest(os.path.dirname(blobs[0].path), verify=False).dcp
+            except durable.CheckpointError as error:
+                raise SnapshotLost(f"checkpoint unusable: {error}") from error
+        if not copy:
+            raise SnapshotLost(
+                f"the snapshot of step {a.restore_step} was taken by {sorted(world)} rank(s), this generation has "
+                f"{self.world_size}: per-rank (FSDP2) state in memory is restored only at the same world size. Keep "
+                f"it (a replacement node or --spares), or resume a durable checkpoint with a DCP copy "
+                f"(--checkpoint-dir, a 1-D mesh) on any number of ranks")
+        old_world = next(iter(world))
+        first_meta = lay.read_blob(self._blob_bytes(a, blobs[0]))[0]
+        own = blobs[self.rank % old_world]
+        own_meta = first_meta if own is blobs[0] else lay.read_blob(self._blob_bytes(a, own))[0]
+        log.info("resharding the state of step %d from %d to %d ranks (%s)", a.restore_step, old_world,
+                 self.world_size, copy)
+        dcp.load(copy, self.module, self.optimizer)
+        self._restore_common(a, first_meta, own_meta)
 
     def _restore_common(self, a: pb.GenerationAssignment, first_meta: dict, own_meta: dict) -> None:
         """RNG, registered objects, data position and step: the same for either kind of restore."""

@@ -4,8 +4,9 @@ It calls dist.init_process_group("gloo") itself (from the RANK/WORLD_SIZE/MASTER
 the agent sets), shards each Linear and the whole model with fully_shard, and trains with AdamW;
 ftrain snapshots each rank's own shards. Or, with --ddp, it wraps its own DistributedDataParallel.
 Under plain `torchrun` (no ftrain agent) it feeds each rank the batch ftrain's sampler would give
-it, as the reference. Rank 0 writes the full parameters (gathered with get_model_state_dict(full_state_dict=True)),
-the sample ledger and the world sizes to --out.
+it, as the reference. Rank 0 writes the full parameters and optimizer state (gathered with get_model_state_dict and
+get_optimizer_state_dict, full_state_dict=True), the sample ledger and the world sizes to --out.
+With --load-dcp (reference only) it resumes a DCP checkpoint with torch's own recipe.
 """
 import argparse
 import collections
@@ -48,12 +49,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--ddp", action="store_true", help="the script's own DDP instead of FSDP2")
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--load-dcp", default="", help="reference only: resume from this DCP checkpoint (torch's "
+                        "own recipe), taken after --from-step steps on --from-world ranks")
+    parser.add_argument("--from-step", type=int, default=0)
+    parser.add_argument("--from-world", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")  # env://, exactly as under torchrun
     torch.manual_seed(0)
-    model: nn.Module = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Dropout(0.1), nn.Linear(64, 64), nn.Tanh(),
+    model: nn.Module = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Dropout(args.dropout), nn.Linear(64, 64), nn.Tanh(),
                                      nn.Linear(64, 1))
     if args.ddp:
         model = nn.parallel.DistributedDataParallel(model)
@@ -79,8 +85,18 @@ def main() -> None:
         rank, world = dist.get_rank(), dist.get_world_size()
         torch.manual_seed(5 + rank)  # as ftrain seeds each rank (dropout)
 
+        if args.load_dcp:  # a torchrun user resuming a DCP checkpoint on another number of ranks
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.load({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=args.load_dcp)
+            set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+            for _ in range(args.from_step):
+                sampler.advance(args.from_world)
+
         def batches():
-            for step in range(args.steps):
+            for step in range(args.from_step, args.steps):
                 parts = sampler.global_indices(world)
                 yield step, torch.utils.data.default_collate([dataset[i] for i in parts[rank]]), parts, sampler.epoch
                 sampler.advance(world)
@@ -93,14 +109,18 @@ def main() -> None:
         optimizer.zero_grad()
         for part in parts:
             ledger.counts.update(f"{epoch}:{i}" for i in part)
+    full_optim: dict = {}
     if args.ddp:
         full = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
     else:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
 
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(model, options=options)
+        full_optim = get_optimizer_state_dict(model, optimizer, options=options)
     if dist.get_rank() == 0:
-        torch.save({"params": {k: v.clone() for k, v in full.items()}, "ledger": dict(ledger.counts),
+        torch.save({"params": {k: v.clone() for k, v in full.items()}, "optim": full_optim, "ledger": dict(ledger.counts),
                     "world_size": dist.get_world_size(), "generation": session.generation if session else 0,
                     "resumed_from": session.resumed_from if session else None,
                     "full_copy_restores": session.stats.get("full_copy_restores", 0) if session else 0,
