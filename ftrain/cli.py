@@ -36,6 +36,10 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inprocess (default: survivors keep their processes) | restart (every failure restarts "
                              "every trainer from the top of its script, with torchrun's environment: for scripts "
                              "that call dist.init_process_group() and build their own DDP / FSDP2)")
+    parser.add_argument("--snapshot-memory", default="",
+                        help="the most memory each agent holds for snapshots (shards of its peers' blobs and its "
+                             "trainers' own copies): a size (8GiB) or a share of its machine's memory (default "
+                             "50%%); a snapshot that does not fit is skipped with a warning, never a failure")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     durable = parser.add_argument_group("durable tier (agents write committed snapshots to disk in the background)")
     durable.add_argument("--checkpoint-dir", default="",
@@ -113,6 +117,7 @@ def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings
         compress=args.compress, recovery=args.recovery, checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "",
         checkpoint_every=args.checkpoint_every, checkpoint_every_s=args.checkpoint_every_s,
         checkpoint_keep=args.checkpoint_keep, resume_dir=_resume_dir(args), resume_optional=args.resume_if_any,
+        snapshot_memory=args.snapshot_memory,
     ).validate()
 
 
@@ -251,7 +256,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = Agent(args.coordinator, _token_from_env("ftrain agent"), args.nproc_per_node, _script_command(args),
                   job_id=args.job_id, node_id=args.node_id, host=args.host, port=args.port,
                   metrics_port=args.metrics_port, max_restarts=args.max_restarts,
-                  checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "")
+                  checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "",
+                  snapshot_memory=args.snapshot_memory)
     return agent.run()
 
 
@@ -354,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--max-restarts", type=int, default=10)
     agent.add_argument("--checkpoint-dir", default="",
                        help="where this node mounts the job's checkpoint directory, when not at the job's path")
+    agent.add_argument("--snapshot-memory", default="",
+                       help="this node's snapshot memory limit, instead of the job's --snapshot-memory (a size "
+                            "such as 8GiB, or a share of this machine's memory such as 50%%)")
     _tls_arguments(agent)
     agent.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     agent.set_defaults(func=cmd_agent)

@@ -116,6 +116,29 @@ def parse_fault(spec: str) -> FaultSpec:
     return FaultSpec(kind=kind, target=target, step=step, factor=factor, raw=text)
 
 
+DEFAULT_SNAPSHOT_MEMORY = "50%"
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+          "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+
+
+def snapshot_memory_bytes(spec: str, machine_bytes: int) -> int:
+    """`--snapshot-memory`: the bytes an agent may hold for snapshots, from a size ("8GiB",
+    "512MB", "1.5G", bytes) or a share of its machine's memory ("50%"; "" is the default, 50%)."""
+    text = (spec or DEFAULT_SNAPSHOT_MEMORY).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%|[a-z]*)", text)
+    if match is None or (match.group(2) != "%" and match.group(2) not in _UNITS):
+        raise ConfigError(f"--snapshot-memory must be a size (8GiB, 512MB, bytes) or a share of the machine's "
+                          f"memory (50%); got {spec!r}")
+    value = float(match.group(1))
+    if match.group(2) == "%":
+        if not 0 < value <= 100:
+            raise ConfigError(f"--snapshot-memory must be a share between 0% and 100%; got {spec!r}")
+        return int(machine_bytes * value / 100)
+    if value <= 0:
+        raise ConfigError(f"--snapshot-memory must be above 0; got {spec!r}")
+    return int(value * _UNITS[match.group(2)])
+
+
 @dataclass
 class JobSettings:
     """Everything the coordinator needs to run one job (validated)."""
@@ -142,6 +165,7 @@ class JobSettings:
     checkpoint_keep: int = 2           # complete checkpoints kept
     resume_dir: str = ""               # start from the newest complete checkpoint here ("" = a fresh job)
     resume_optional: bool = False      # no checkpoint in resume_dir: start fresh instead of failing
+    snapshot_memory: str = ""          # each agent's snapshot memory limit (snapshot_memory_bytes; "" = 50%)
 
     def effective_collective_timeout_s(self, hang_timeout_s: float | None = None) -> float:
         """The collective timeout handed to a generation: the one set, else the hang timeout (as the
@@ -188,6 +212,7 @@ class JobSettings:
             if not os.path.isabs(self.checkpoint_dir):
                 raise ConfigError(f"--checkpoint-dir must be an absolute path (agents may run elsewhere); "
                                   f"got {self.checkpoint_dir!r}")
+        snapshot_memory_bytes(self.snapshot_memory, 1 << 30)  # the form only: the share is each agent's machine's
         if self.resume_dir and not os.path.isabs(self.resume_dir):
             raise ConfigError(f"--resume must be an absolute path; got {self.resume_dir!r}")
         for fault in self.inject:

@@ -13,14 +13,16 @@ process does not own stays at zero there). Who moves what:
   `ftrain_straggler_score{rank}`, `ftrain_heartbeat_age_seconds{node}`; the durable tier's
   `ftrain_checkpoint_duration_seconds`, `ftrain_checkpoint_bytes_total`,
   `ftrain_checkpoint_last_step` and `ftrain_checkpoint_failures_total{reason}` (from the agents'
-  checkpoint results).
+  checkpoint results); `ftrain_snapshots_skipped_total{reason}` (a step's snapshot did not fit
+  in an agent's snapshot memory).
 * agent (node view, one scrape target per node): its trainers report to it through the Agent
   service's `ReportTrainerMetrics` RPC (`TrainerReporter`, batched every 0.5 s from a background
   thread, never blocking the training loop): `ftrain_world_size`, `ftrain_generation`,
   `ftrain_step` (committed step its trainers know), `ftrain_step_duration_seconds`,
   `ftrain_snapshot_stall_seconds`, `ftrain_snapshot_duration_seconds`,
   `ftrain_snapshot_bytes_total`, `ftrain_erasure_encode_bytes_total`, plus
-  `ftrain_shard_store_bytes`, `ftrain_trainer_restarts_total` and `ftrain_trainer_step{local_rank}`.
+  `ftrain_shard_store_bytes`, `ftrain_snapshot_memory_limit_bytes`, `ftrain_shard_refusals_total`,
+  `ftrain_trainer_restarts_total` and `ftrain_trainer_step{local_rank}`.
 * `ftrain_update_staleness` is observed by the async aggregator.
 
 Nothing here carries the job token or any other secret: labels are node ids, ranks and
@@ -97,6 +99,15 @@ class Metrics:
         self.shard_store_bytes = Gauge(
             "ftrain_shard_store_bytes", "Bytes of peers' snapshot shards held in this agent's memory", registry=r
         )
+        self.snapshot_memory_limit = Gauge(
+            "ftrain_snapshot_memory_limit_bytes", "The most snapshot memory this agent holds (--snapshot-memory)",
+            registry=r)
+        self.shard_refusals = Counter(
+            "ftrain_shard_refusals", "Snapshot shards this agent refused: its snapshot memory limit was reached",
+            registry=r)
+        self.snapshots_skipped = Counter(
+            "ftrain_snapshots_skipped", "Steps whose snapshot was skipped (never committed; recovery restores an "
+            "older one), by reason (agent-memory)", ["reason"], registry=r)
         self.trainer_restarts = Counter("ftrain_trainer_restarts", "Trainer processes restarted by this agent", registry=r)
         self.shard_reads = Counter("ftrain_shard_reads", "Snapshot shards this agent served over the network, by kind "
                                    "(shard: an erasure-coded piece; whole: a trainer's whole copy)", ["kind"], registry=r)

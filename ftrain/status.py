@@ -193,11 +193,13 @@ def format_status(status: dict[str, Any], width: int = WIDTH) -> str:
     lines.append(_cut(f"snapshot every {every} step{'s' if every != 1 else ''}: stall "
                       f"{_seconds(s.get('snapshot_stall_s'))}, interval {_seconds(s.get('snapshot_interval_s'))}",
                       width))
-    held = [(int(m.get("shard_bytes") or 0), str(m.get("node", "?"))) for m in s.get("members", []) if m.get("alive")]
-    if any(size for size, _ in held):
+    held = [(int(m.get("shard_bytes") or 0), str(m.get("node", "?")), int(m.get("shard_limit_bytes") or 0))
+            for m in s.get("members", []) if m.get("alive")]
+    if any(size for size, _, _ in held):
         top = max(held)
-        lines.append(_cut(f"snapshot memory on the agents: {sum(b for b, _ in held) / 2**20:.1f} MiB "
-                          f"(most: {top[0] / 2**20:.1f} MiB on {top[1]})", width))
+        limit = f" of its {top[2] / 2**20:.0f} MiB limit" if top[2] else ""
+        lines.append(_cut(f"snapshot memory on the agents: {sum(b for b, _, _ in held) / 2**20:.1f} MiB "
+                          f"(most: {top[0] / 2**20:.1f} MiB{limit} on {top[1]})", width))
     lines += [_cut(line, width) for line in durable_lines(s)]
     stragglers = s.get("stragglers") or []
     flagged = ", ".join(f"rank {x['rank']} ({x.get('slowdown', 0):.2f}x)" if isinstance(x, dict) else f"rank {x}"

@@ -382,3 +382,32 @@ def test_a_restarted_coordinator_goes_on_from_the_jobs_durable_checkpoints() -> 
     assert job.m.catalog.newest_committed == 20
     assert job.m.durable.last_step == 20 and not job.m.durable.due(25, 1.0) and job.m.durable.due(30, 1.0)
     assert job.metric("checkpoint_last_step")[-1] == 20
+
+
+def test_a_skipped_snapshot_never_commits_and_training_goes_on_from_the_older_one() -> None:
+    job = Job().running("node0", "node1")
+    assert job.snapshot("node0", 0, 0) and job.snapshot("node1", 1, 0)
+    assert job.snapshot("node0", 0, 1)  # rank 0's blob of step 1 is stored; rank 1's does not fit
+    accepted, fx = job.m.on_snapshot(job.now, pb.SnapshotReport(
+        trainer_uid=job.uid("node1"), generation=0, rank=1, step=1, skipped="node0: snapshot memory limit reached"))
+    job.fx(fx)
+    assert accepted and fx.wake and job.m.commit_wait_over(1, 0)  # rank 0, waiting for step 1's commit, goes on
+    assert job.m.catalog.newest_committed == 0 and job.m.job_state == "running"
+    assert "snapshot-skipped" in job.kinds() and job.metric("snapshots_skipped") == [1.0]
+    assert list(job.heartbeat("node0").skipped_steps) == [1]  # agents drop what they hold of step 1
+    job.snapshot("node1", 1, 1)  # a late report of the skipped step commits nothing
+    assert job.m.catalog.newest_committed == 0
+    assert job.snapshot("node0", 0, 2) and job.snapshot("node1", 1, 2)  # the next step that fits commits
+    assert job.m.catalog.newest_committed == 2
+    job.fx(job.m.on_failure_report(job.now, pb.FailureReport(generation=0, rank=0, reason="peer closed")))
+    assignments = job.form("node0", "node1")
+    assert assignments["node0"].restore_step == 2 and list(job.heartbeat("node0").skipped_steps) == []
+
+
+def test_a_first_snapshot_that_does_not_fit_fails_the_job_at_once_saying_why() -> None:
+    job = Job().running("node0", "node1")
+    _, fx = job.m.on_snapshot(job.now, pb.SnapshotReport(trainer_uid=job.uid("node0"), generation=0, rank=0, step=0,
+                                                         skipped="node1: snapshot memory limit reached"))
+    job.fx(fx)
+    assert job.m.job_state == "failed" and "the first snapshot (step 0) does not fit" in job.m.message
+    assert "snapshot memory limit" in job.m.message

@@ -3,6 +3,7 @@ real client (and by raw sockets for malformed input)."""
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 import struct
 
 import numpy as np
@@ -241,3 +242,45 @@ def test_connections_beyond_the_cap_are_refused_without_a_thread() -> None:
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def test_a_full_store_refuses_a_shard_over_either_transport_and_keeps_serving(monkeypatch) -> None:
+    """A shard that would take the agent past its snapshot memory limit is refused before any
+    memory is taken (RESOURCE_EXHAUSTED, the data-plane connection stays in step); shards the
+    store holds, those arriving and the whole copies outside it all count."""
+    store = ShardStore(limit=3000)
+    data_server = ShardDataServer(store, TOKEN, lambda: JOB).start()
+    grpc_server = make_server(TOKEN)
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(store, JOB, ["node0"], data_server.address), grpc_server)
+    port = bind(grpc_server, "127.0.0.1", 0)
+    grpc_server.start()
+    pool = AgentPool(TOKEN, JOB)
+    io = ThreadPoolExecutor(2)
+    try:
+        address = f"127.0.0.1:{port}"
+        first = payload(2000)
+        assert pool.put_shards(io, [("node0", address)], "s1", 1, [first],
+                               [shard_checksum(first)]) == []
+        second = payload(1500, seed=1)
+        problems = pool.put_shards(io, [("node0", address)], "s2", 2, [second],
+                                   [shard_checksum(second)])  # over the data plane
+        assert len(problems) == 1 and problems[0].full and "2000 of its 3000 bytes" in problems[0].why
+        assert store.refused == 1 and store.stats() == (1, 2000)
+        monkeypatch.setenv(dp.ENV_TRANSPORT, "grpc")
+        direct = AgentPool(TOKEN, JOB)
+        problems = direct.put_shards(io, [("node0", address)], "s2", 2, [second],
+                                     [shard_checksum(second)])
+        assert len(problems) == 1 and problems[0].full and "does not fit" in problems[0].why
+        direct.close()
+        small = payload(900, seed=2)
+        assert pool.put_shards(io, [("node0", address)], "s2", 2, [small],
+                               [shard_checksum(small)]) == []  # the same connection, still in step
+        store.outside_bytes = 200  # e.g. restart mode's whole copies in /dev/shm
+        assert pool.put_shards(io, [("node0", address)], "s3", 3, [payload(10)],
+                               [shard_checksum(payload(10))])[0].full
+        assert store.drop_older_than(0, skipped=[2]) == 1 and store.stats() == (1, 2000)
+    finally:
+        pool.close()
+        io.shutdown()
+        grpc_server.stop(0)
+        data_server.stop()

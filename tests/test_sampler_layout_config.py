@@ -160,3 +160,18 @@ def test_every_valid_heartbeat_timeout_gives_a_valid_detector(dead_after_s: floa
 
     machine = CoordinatorMachine(JobSettings(heartbeat_dead_after_s=dead_after_s).validate(), "127.0.0.1:1", 0.0)
     assert machine.hang.timeout_s() > 0
+
+
+def test_snapshot_memory_is_a_size_or_a_share_of_the_machine() -> None:
+    from ftrain.config import ConfigError, snapshot_memory_bytes
+
+    gib = 1 << 30
+    assert snapshot_memory_bytes("", 16 * gib) == 8 * gib  # the default: half the machine
+    assert snapshot_memory_bytes("25%", 16 * gib) == 4 * gib
+    assert snapshot_memory_bytes("8GiB", 16 * gib) == 8 * gib
+    assert snapshot_memory_bytes("1.5G", 0) == 1_500_000_000
+    assert snapshot_memory_bytes("512 MiB", 0) == 512 << 20
+    assert snapshot_memory_bytes("4096", 0) == 4096
+    for bad in ("lots", "0", "150%", "-1GiB", "8 parsecs"):
+        with pytest.raises(ConfigError, match="--snapshot-memory"):
+            snapshot_memory_bytes(bad, 16 * gib)

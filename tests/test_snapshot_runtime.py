@@ -1,4 +1,5 @@
-"""Erasure-coded snapshots in real jobs: multi-node loss, too many losses, corrupted shards."""
+"""Erasure-coded snapshots in real jobs: multi-node loss, too many losses, corrupted shards, agents' snapshot
+memory limit."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,11 +13,13 @@ from procs import SCRIPTS, new_job_id, run_ftrain
 pytestmark = pytest.mark.timeout(300)
 
 
-def launch(tmp_path: Path, name: str, nodes: int, *extra: str, steps: int = 25, expect: int = 0):
+def launch(tmp_path: Path, name: str, nodes: int, *extra: str, steps: int = 25, expect: int = 0,
+           script_args: tuple[str, ...] = ()):
     out = tmp_path / f"{name}.pt"
     job = new_job_id(name)
     result = run_ftrain(["launch", "--nodes", str(nodes), "--job-id", job, *extra, "--",
-                         str(SCRIPTS / "ledger_job.py"), "--steps", str(steps), "--out", str(out)], job, timeout=280)
+                         str(SCRIPTS / "ledger_job.py"), "--steps", str(steps), *script_args, "--out", str(out)],
+                        job, timeout=280)
     assert result.returncode == expect, result.stdout[-8000:]
     return (torch.load(out) if out.exists() else None), result.stdout
 
@@ -52,3 +55,35 @@ def test_corrupted_shard_is_detected_and_rebuilt_from_parity(tmp_path: Path) -> 
                             f"corrupt-shard:{nodes.index(holder)}@step=8", "--inject", "kill-node:2@step=14")
     assert "failed its checksum" in output and "rebuilt around bad shards" in output, output[-4000:]
     assert_identical(reference, result)
+
+
+# ledger_job.py --hidden 16384: Linear(12, 16384) + Linear(16384, 2), float32; Adam's two moments
+# appear at the first step, so every snapshot after step 0 holds 3x the bytes of step 0's
+WIDE = ("--hidden", "16384")
+WIDE_PARAM_BYTES = 4 * (12 * 16384 + 16384 + 16384 * 2 + 2)
+
+
+def test_snapshots_that_do_not_fit_the_agents_memory_are_skipped_and_training_goes_on(tmp_path: Path) -> None:
+    """3 nodes (RS(1,1): each agent holds two ranks' blobs, each a third of the state): 1.5x the
+    parameters' bytes holds step 0's snapshot (2/3x) but not the next one's first shard (3 x 1/3 x
+    more), so every later snapshot is skipped with a warning, not a failure; a rank killed at step 8
+    is recovered from step 0 and the job ends bit-identical to the unlimited run."""
+    events = tmp_path / "events"
+    reference, _ = launch(tmp_path, "wide", 3, steps=14, script_args=WIDE)
+    result, output = launch(tmp_path, "wide-limit", 3, "--snapshot-memory", str(int(1.5 * WIDE_PARAM_BYTES)),
+                            "--inject", "kill-rank:1@step=8", "--events-file", str(events), steps=14,
+                            script_args=WIDE)
+    assert_identical(reference, result)
+    assert result["generation"] >= 1, output[-3000:]
+    text = events.read_text()
+    # one warning per run of skipped steps (before the kill, and after the recovery), not one a step
+    assert 1 <= text.count('"snapshot-skipped"') <= 2 and "snapshot memory limit reached" in text, text[-3000:]
+    assert '"generation": 1, "world_size": 3, "restore_step": 0' in text, text[-3000:]  # the older snapshot
+    assert "refused" in output and "lost steps 8, last committed step 0" in output, output[-3000:]
+
+
+def test_a_first_snapshot_that_does_not_fit_fails_the_job_fast_saying_what_to_do(tmp_path: Path) -> None:
+    result, output = launch(tmp_path, "tiny-limit", 2, "--snapshot-memory", "1KiB", steps=5, expect=1,
+                            script_args=WIDE)
+    assert result is None
+    assert "the first snapshot (step 0) does not fit" in output and "--snapshot-memory" in output, output[-3000:]

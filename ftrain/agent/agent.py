@@ -85,12 +85,28 @@ class _NodeServicer(AgentServicer):
         return agent_pb2.TrainerMetricsAck(ok=True)
 
 
+def machine_memory_bytes() -> int:
+    """This machine's memory, or its container's limit (cgroup v2, then v1) where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
 class Agent:
     def __init__(self, coordinator: str, token: str, nproc: int, command: list[str], job_id: str = "",
                  node_id: str = "", host: str = "127.0.0.1", port: int = 0, metrics_port: int | None = None,
                  max_restarts: int = 10, connect_timeout_s: float = 30.0, heartbeat_interval_s: float = 1.0,
-                 extra_env: dict[str, str] | None = None, checkpoint_dir: str = "") -> None:
+                 extra_env: dict[str, str] | None = None, checkpoint_dir: str = "", snapshot_memory: str = "") -> None:
         cfg.parse_host_port(coordinator)
+        if snapshot_memory:
+            cfg.snapshot_memory_bytes(snapshot_memory, machine_memory_bytes())  # a bad value fails here, at start
         if nproc < 1:
             raise cfg.ConfigError(f"--nproc-per-node must be >= 1; got {nproc}")
         if not command:
@@ -131,6 +147,8 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.checkpoint_dir = checkpoint_dir  # where this node mounts the job's checkpoint directory ("" = its path)
+        self.snapshot_memory = snapshot_memory  # this node's own --snapshot-memory ("": the job's)
+        self._refused_counted = 0
         self._writer: CheckpointWriter | None = None  # the durable tier's writer, made at the first order
         self._wake = threading.Event()  # heartbeat now (a checkpoint result is ready)
         self._checkpoint_pending = False  # the coordinator says a durable checkpoint is still being written
@@ -161,6 +179,13 @@ class Agent:
         self.node_id = response.node_id
         self._node_ref[0] = response.node_id
         self.recovery = response.config.recovery or "inprocess"
+        try:
+            self.store.limit = cfg.snapshot_memory_bytes(self.snapshot_memory or response.config.snapshot_memory,
+                                                         machine_memory_bytes())
+        except cfg.ConfigError as error:  # the coordinator validated the job's value; keep the default
+            log.warning("%s; using %s", error, cfg.DEFAULT_SNAPSHOT_MEMORY)
+            self.store.limit = cfg.snapshot_memory_bytes("", machine_memory_bytes())
+        self.metrics.snapshot_memory_limit.set(self.store.limit)
         if not self.job_id:
             self.job_id = response.config.job_id
         log.info("agent %s registered at %s (shard store %s)", self.node_id, self.coordinator, self.address)
@@ -177,12 +202,19 @@ class Agent:
                                         exit_code=t.exit_code, last_step=self.trainer_steps.get(t.local_rank, 0))
                          for t in self.trainers.values()]
             count, size = self.store.stats()
-            size += local_copy.bytes_held(self.shm_dir)  # the trainers' whole copies are this node's memory too
+            self.store.outside_bytes = local_copy.bytes_held(self.shm_dir)  # the trainers' whole copies: this
+            size += self.store.outside_bytes                                # node's snapshot memory too
             self.metrics.shard_store_bytes.set(size)
+            refused, self._refused_counted = self.store.refused - self._refused_counted, self.store.refused
+            if refused:
+                self.metrics.shard_refusals.inc(refused)
+                log.warning("refused %d snapshot shard(s): the snapshot memory limit (%d bytes) is reached",
+                            refused, self.store.limit)
             results = self._writer.take_results() if self._writer is not None else []
             try:
                 response = self.stub.Heartbeat(pb.HeartbeatRequest(node_id=self.node_id, trainers=infos, shard_bytes=size,
-                                                                   checkpoint_results=results),
+                                                                   checkpoint_results=results,
+                                                                   shard_limit_bytes=self.store.limit),
                                                timeout=5.0, metadata=self.metadata)
                 failures_since = None
             except grpc.RpcError as error:
@@ -201,9 +233,9 @@ class Agent:
                 continue
             self.slot, self.generation = response.slot, max(self.generation, response.generation)
             self._checkpoint_pending = response.checkpoint_pending
-            if response.min_retained_step > 0:
-                self.store.drop_older_than(response.min_retained_step)
-                local_copy.prune(self.shm_dir, response.min_retained_step)
+            if response.min_retained_step > 0 or response.skipped_steps:
+                self.store.drop_older_than(response.min_retained_step, response.skipped_steps)
+                local_copy.prune(self.shm_dir, response.min_retained_step, response.skipped_steps)
             for command in response.commands:
                 self._run_command(command)
             for order in response.checkpoint_orders:

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-from ftrain.agent.store import ShardStore, job_problem, shard_size_problem
+from ftrain.agent.store import ShardStore, StoreFull, job_problem, shard_size_problem
 from ftrain.proto.ftrain.v1 import agent_pb2 as apb
 from ftrain.snapshot import dataplane as dp
 
@@ -175,7 +175,12 @@ class ShardDataServer:
         if too_big:
             self._reply(conn, dp.INVALID_ARGUMENT, too_big)
             return False
-        buffer = self.store.take_buffer(request.total_len)
+        try:
+            buffer = self.store.take_buffer(request.total_len)
+        except StoreFull as full:  # read the shard past (the connection stays in step), then say why
+            self._discard(conn, request.total_len)
+            self._reply(conn, dp.RESOURCE_EXHAUSTED, str(full))
+            return True
         try:
             dp.recv_exact(conn, memoryview(buffer), time.monotonic() + TRANSFER_TIMEOUT_S)
         except BaseException:
@@ -188,6 +193,15 @@ class ShardDataServer:
         else:
             self._reply(conn, dp.OK, total_len=len(buffer))
         return True
+
+    @staticmethod
+    def _discard(conn: socket.socket, length: int) -> None:
+        scratch = memoryview(bytearray(min(length, 1 << 20) or 1))
+        deadline = time.monotonic() + TRANSFER_TIMEOUT_S
+        while length > 0:
+            piece = min(length, len(scratch))
+            dp.recv_exact(conn, scratch[:piece], deadline)
+            length -= piece
 
     def _get(self, conn: socket.socket, request: apb.DataRequest) -> bool:
         shard = self.store.serve(request.blob_id, request.index)

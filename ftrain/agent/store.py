@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import grpc
 
@@ -29,6 +29,10 @@ def job_problem(served: str, requested: str) -> str:
     return f"this agent serves job {served!r}, not {requested!r}" if requested != served else ""
 
 
+class StoreFull(Exception):
+    """A shard would take the store over its snapshot memory limit (the message says by how much)."""
+
+
 SPARE_BUFFERS = 8  # evicted shard buffers kept for reuse (per-step snapshots reuse the same sizes)
 
 
@@ -42,23 +46,38 @@ class StoredShard:
 
 
 class ShardStore:
-    """Thread-safe map (blob_id, index) -> shard bytes, with eviction by step.
+    """Thread-safe map (blob_id, index) -> shard bytes, with eviction by step, within a memory limit.
 
     Buffers of evicted shards are kept (a few) and handed out again for incoming shards of the
     same size: with a snapshot every step, fresh multi-MiB allocations would cost a page fault
-    per 4 KiB every step.
+    per 4 KiB every step. With a `limit`, a shard that would take the shards held, those still
+    arriving and `outside_bytes` (restart mode's whole copies in /dev/shm) over it is refused
+    (StoreFull) before any memory is taken.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self._lock = threading.Lock()
         self._shards: dict[tuple[str, int], StoredShard] = {}
         self._spare: list[bytearray] = []
         self._corrupting = False  # fault injection: this node's shard memory has gone bad
         self.on_read: Callable[[int], None] | None = None  # a shard of this index was served over the network
+        self.limit = limit          # bytes (0: none)
+        self.outside_bytes = 0      # snapshot memory of this node held outside the store (set by the agent)
+        self._held = 0              # bytes of the shards held
+        self._arriving = 0          # bytes of buffers handed out for shards still arriving
+        self.refused = 0            # shards refused for the limit (ftrain_shard_refusals_total)
 
     def take_buffer(self, size: int) -> bytearray:
-        """A writable buffer of exactly `size` bytes for an incoming shard (reused when one fits)."""
+        """A writable buffer of exactly `size` bytes for an incoming shard (reused when one fits).
+        Raises StoreFull when the shard does not fit in the limit."""
         with self._lock:
+            used = self._held + self._arriving + self.outside_bytes
+            if self.limit and used + size > self.limit:
+                self.refused += 1
+                raise StoreFull(f"snapshot memory limit reached: this agent holds {used} of its {self.limit} bytes, "
+                                f"a shard of {size} bytes does not fit (raise --snapshot-memory, or spread the "
+                                f"state over more nodes)")
+            self._arriving += size
             for i, spare in enumerate(self._spare):
                 if len(spare) == size:
                     return self._spare.pop(i)
@@ -67,6 +86,7 @@ class ShardStore:
     def give_back(self, buffer: bytearray) -> None:
         """Returns a buffer that was taken but not stored (a transfer failed)."""
         with self._lock:
+            self._arriving = max(0, self._arriving - len(buffer))
             self._recycle(buffer)
 
     def _recycle(self, buffer: bytearray) -> None:
@@ -76,6 +96,7 @@ class ShardStore:
 
     def _evict(self, key: tuple[str, int]) -> None:
         shard = self._shards.pop(key)
+        self._held -= len(shard.data)
         if shard.readers == 0:
             self._recycle(shard.data)
 
@@ -86,6 +107,8 @@ class ShardStore:
             if (blob_id, index) in self._shards:
                 self._evict((blob_id, index))
             self._shards[(blob_id, index)] = StoredShard(step, data, crc32, blob_info)
+            self._held += len(data)
+            self._arriving = max(0, self._arriving - len(data))
 
     def put_checked(self, blob_id: str, index: int, step: int, data: bytearray, crc32: int,
                     blob_info: bytes = b"") -> str:
@@ -125,9 +148,11 @@ class ShardStore:
         with self._lock:
             return self._shards.get((blob_id, index))
 
-    def drop_older_than(self, min_step: int) -> int:
+    def drop_older_than(self, min_step: int, skipped: Iterable[int] = ()) -> int:
+        """Drops the shards of steps below `min_step` and of the `skipped` steps (never committed)."""
+        gone = set(skipped)
         with self._lock:
-            old = [key for key, shard in self._shards.items() if shard.step < min_step]
+            old = [key for key, shard in self._shards.items() if shard.step < min_step or shard.step in gone]
             for key in old:
                 self._evict(key)
             return len(old)
@@ -146,7 +171,7 @@ class ShardStore:
 
     def stats(self) -> tuple[int, int]:
         with self._lock:
-            return len(self._shards), sum(len(s.data) for s in self._shards.values())
+            return len(self._shards), self._held
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
@@ -171,7 +196,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 if too_big:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, too_big)
                 first = chunk
-                buffer = self.store.take_buffer(chunk.total_len)
+                try:
+                    buffer = self.store.take_buffer(chunk.total_len)
+                except StoreFull as full:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
             end = chunk.offset + len(chunk.data)
             if end > len(buffer):  # type: ignore[arg-type]
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,

@@ -296,7 +296,7 @@ class StateProtector:
             problems = self.pool.put_shards(self._io, [(node, address[node]) for node in row], blob_id, job.version,
                                             shards, crcs, timeout=self.put_timeout_s)
             if problems:
-                error = "shard transfer failed on " + ", ".join(problems)
+                error = "shard transfer failed on " + ", ".join(map(str, problems))
                 continue
             manifest = json.dumps({
                 "format": SNAPSHOT_FORMAT, "job_id": self.job_id, "version": job.version,

@@ -29,17 +29,36 @@ class Catalog:
         self.world_size = 0
         self._partial: dict[int, dict[int, BlobRecord]] = {}
         self._committed: dict[int, list[BlobRecord]] = {}
+        self._skipped: set[int] = set()  # steps of this generation that never commit (a rank's snapshot skipped)
 
     def open_generation(self, generation: int, world_size: int) -> None:
         self.generation = generation
         self.world_size = world_size
         self._partial.clear()
+        self._skipped.clear()
+
+    def skip(self, generation: int, step: int) -> bool:
+        """A rank of `generation` could not store its blob of `step`: the step never commits (its
+        other blobs are dropped). Returns True when this is news."""
+        if generation != self.generation or step in self._committed or step in self._skipped:
+            return False
+        self._partial.pop(step, None)
+        self._skipped.add(step)
+        return True
+
+    def is_skipped(self, step: int) -> bool:
+        return step in self._skipped
+
+    @property
+    def skipped_steps(self) -> list[int]:
+        """This generation's skipped steps newer than the oldest kept one (agents drop their shards)."""
+        return sorted(step for step in self._skipped if step > self.min_retained_step())
 
     def record(self, generation: int, blob: BlobRecord) -> bool:
         """Adds one rank's stored blob. Returns True if this report committed its step."""
         if generation != self.generation or blob.producer_world_size != self.world_size:
             return False
-        if blob.step in self._committed:
+        if blob.step in self._committed or blob.step in self._skipped:
             return False
         reports = self._partial.setdefault(blob.step, {})
         reports[blob.producer_rank] = blob
@@ -51,6 +70,7 @@ class Catalog:
             del self._partial[step]
         for step in sorted(self._committed)[: -self.keep]:
             del self._committed[step]
+        self._skipped = {step for step in self._skipped if step > self.min_retained_step()}  # agents prune older
         return True
 
     @property

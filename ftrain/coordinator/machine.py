@@ -148,6 +148,8 @@ class CoordinatorMachine:
         self.metrics_endpoints: dict[str, str] = {}  # node -> its agent's /metrics host:port
         self.codec_backends: dict[str, str] = {}  # node -> the erasure codec backend its agent reported
         self.shard_bytes: dict[str, int] = {}  # node -> bytes of snapshot shards its agent holds (heartbeats)
+        self.shard_limit: dict[str, int] = {}  # node -> its agent's snapshot memory limit (heartbeats)
+        self.skips_since_commit = 0  # snapshots skipped (agents' memory full) since the newest commit
         self.resume: durable_files.Checkpoint | None = None  # the durable checkpoint this job started from
         # the newest complete checkpoint of this job found in --checkpoint-dir at start (not resumed
         # from): after a coordinator restart, the durable tier goes on from it (see _ingest_held_shards)
@@ -223,13 +225,15 @@ class CoordinatorMachine:
         self.liveness.heartbeat(request.node_id, now)
         self.trainers[request.node_id] = list(request.trainers)
         self.shard_bytes[request.node_id] = request.shard_bytes
+        self.shard_limit[request.node_id] = request.shard_limit_bytes
         self._checkpoint_results(now, request.node_id, request.checkpoint_results)
         reply = pb.HeartbeatResponse(job_state=self.job_state, min_retained_step=self.min_retained_step(),
                                      commands=self.commands.pop(request.node_id, []), message=self.message,
                                      known=True, slot=-1 if node.slot is None else node.slot,
                                      generation=self.plan.generation.number if self.plan else -1,
                                      checkpoint_orders=self.checkpoint_orders.pop(request.node_id, []),
-                                     checkpoint_pending=self.checkpoint_pending())
+                                     checkpoint_pending=self.checkpoint_pending(),
+                                     skipped_steps=self.catalog.skipped_steps)
         return reply, self._take()
 
     def on_agent_unreachable(self, now: float, node_id: str) -> Effects:
@@ -350,6 +354,9 @@ class CoordinatorMachine:
             and not self.membership.pending
         if not accepted:
             return False, self._take()
+        if request.skipped:
+            self._snapshot_skipped(now, request)
+            return True, self._take()
         record = BlobRecord(step=blob.step, producer_rank=blob.producer_rank,
                             producer_world_size=blob.producer_world_size, producer_trainer=blob.producer_trainer,
                             producer_node=blob.producer_node, shard_nodes=tuple(x.node_id for x in blob.shards),
@@ -369,10 +376,30 @@ class CoordinatorMachine:
             self._committed(now, request.step)
         return True, self._take()
 
+    def _snapshot_skipped(self, now: float, request: pb.SnapshotReport) -> None:
+        """A rank could not store its blob (an agent's snapshot memory is full): the step never
+        commits, and training goes on; a recovery restores the newest committed step, older. With
+        nothing committed at all the job could not recover from anything: it fails at once."""
+        self._progress(now, request.rank, request.step)
+        if not self.catalog.skip(request.generation, request.step):
+            return
+        self._wake()  # the other ranks wait for the step's commit
+        self._metric("snapshots_skipped", "inc", 1, reason="agent-memory")
+        if self.catalog.newest_committed < 0 and self.resume is None:
+            self._fail(now, f"the first snapshot (step {request.step}) does not fit in the agents' snapshot memory: "
+                            f"rank {request.rank}: {request.skipped}")
+            return
+        self.skips_since_commit += 1
+        if self.skips_since_commit == 1:  # one warning per run of skipped steps; ftrain_snapshots_skipped_total counts all
+            self._event("snapshot-skipped", f"snapshot of step {request.step} skipped: rank {request.rank}: "
+                        f"{request.skipped}; the newest committed snapshot stays step "
+                        f"{self.catalog.newest_committed} until one fits", warning=True, step=request.step,
+                        rank=request.rank)
+
     def commit_wait_over(self, step: int, generation: int) -> bool:
         """A caller waiting for `step` of `generation` to commit can stop waiting."""
         return (self.catalog.newest_committed >= step or self.membership.number != generation
-                or self.job_state != "running")
+                or self.job_state != "running" or self.catalog.is_skipped(step))
 
     def on_progress(self, now: float, request: pb.ProgressReport) -> Effects:
         """A trainer's pulse (its process lives; in a collective or not; its step), or the step
@@ -632,6 +659,7 @@ class CoordinatorMachine:
         self.hang.reset(range(generation.world_size), now=now)
         self.pulses = {}
         self.formed_at = now
+        self.skips_since_commit = 0
         self._metric("straggler_score", "clear")
         self.plan = GenerationPlan(generation, restore_step, blobs)
         if self.settings.recovery == "restart":
@@ -667,6 +695,10 @@ class CoordinatorMachine:
 
     def _committed(self, now: float, step: int) -> None:
         self._metric("step", "set", step)
+        if self.skips_since_commit:
+            self._event("snapshots-stored", f"step {step} committed after {self.skips_since_commit} skipped "
+                        f"snapshot(s)", step=step)
+            self.skips_since_commit = 0
         generation = self.plan.generation.number if self.plan else -1
         last = self.last_commit
         if last is not None and last[0] == generation and step > last[1]:
@@ -901,7 +933,7 @@ class CoordinatorMachine:
             job_id=s.job_id, target_nodes=s.target_nodes, min_nodes=s.min_nodes, snapshot_every=s.snapshot_every,
             ec_k=s.ec.k, ec_m=s.ec.m, mode=s.mode, strategy=s.strategy, inject=[f.raw for f in s.inject],
             collective_timeout_s=s.effective_collective_timeout_s(self.hang.timeout_s()), compress=s.compress,
-            recovery=s.recovery,
+            recovery=s.recovery, snapshot_memory=s.snapshot_memory,
         )
 
     def effective_ec(self, aggregator_snapshots: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -962,6 +994,7 @@ class CoordinatorMachine:
                 "metrics": self.metrics_endpoints.get(node.node_id, ""),
                 "codec": self.codec_backends.get(node.node_id, ""),
                 "shard_bytes": self.shard_bytes.get(node.node_id, 0),
+                "shard_limit_bytes": self.shard_limit.get(node.node_id, 0),
             })
         return {
             "job_id": self.settings.job_id,

@@ -273,7 +273,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                   min(max(request.wait_s, 0.1), 60.0), context)
             return pb.WaitCommittedResponse(committed=m.catalog.newest_committed >= request.step,
                                             current_generation=m.membership.number if m.job_state == "running" else -1,
-                                            last_committed_step=m.catalog.newest_committed)
+                                            last_committed_step=m.catalog.newest_committed,
+                                            skipped=m.catalog.is_skipped(request.step))
 
     def ReportProgress(self, request: pb.ProgressReport, context: grpc.ServicerContext) -> pb.Ack:
         with self.s.cond:

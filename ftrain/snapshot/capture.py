@@ -29,7 +29,7 @@ from ftrain.snapshot.erasure import codec, shard_checksum, shard_length
 from ftrain.snapshot.placement import effective_code, place_blobs
 from ftrain.snapshot.dataplane import lower_thread_priority
 from ftrain.snapshot.rebuild import rebuild_blob
-from ftrain.snapshot.transfer import AgentPool
+from ftrain.snapshot.transfer import AgentPool, agent_full
 
 log = logging.getLogger("ftrain.snapshot")
 COMMIT_WAIT_S = 20.0  # how long a snapshot report may wait at the coordinator for the step's commit
@@ -88,6 +88,8 @@ class SnapshotEngine:
         self._worker: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ftrain-shard")
         self.encoded_bytes = 0
+        self.skipped = 0  # snapshots skipped: an agent's snapshot memory was full
+        self.skipping = False  # the newest snapshot was skipped (the next skip is logged at debug level)
         self._stream: "torch.cuda.Stream | None" = None  # side stream for device-to-host snapshot copies
         self.copy_done: "torch.cuda.Event | None" = None  # the newest capture's copy (GPU state only)
         self.compression = "none"  # per job (`--compress`); set from the generation's config
@@ -267,8 +269,23 @@ class SnapshotEngine:
             self._keep_whole(blob, blob_crc, deadline)
         problems = self.agents.put_shards(self._pool, placement.targets, blob.blob_id, blob.step, shards, crcs,
                                           info_bytes, deadline)
+        if problems and all(problem.full for problem in problems):
+            # an agent's snapshot memory is full: this step is skipped (never committed), not a failure
+            reason = str(problems[0]) + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            log.log(logging.WARNING if not self.skipping else logging.DEBUG, "snapshot of step %d skipped: %s%s",
+                    blob.step, reason, "" if self.skipping else "; later skips are logged at debug level until one fits")
+            self.skipped += 1
+            self.skipping = True
+            ack = self.report(pb.SnapshotReport(trainer_uid=self.trainer_uid, generation=blob.generation,
+                                                rank=placement.rank, step=blob.step, skipped=reason[:500]))
+            if not ack.accepted:
+                job.error = f"coordinator refused the snapshot of step {blob.step} (generation moved to {ack.current_generation})"
+            return
         if problems:
-            raise OSError("shard transfer failed on " + ", ".join(problems))
+            raise OSError("shard transfer failed on " + ", ".join(map(str, problems)))
+        if self.skipping:
+            log.info("snapshot of step %d stored: the agents had room again", blob.step)
+            self.skipping = False
         # the coordinator answers once the step is committed (every rank's blob placed): one call, and
         # the training loop learns of the commit without asking
         ack = self.report(pb.SnapshotReport(trainer_uid=self.trainer_uid, generation=blob.generation,
@@ -296,8 +313,14 @@ class SnapshotEngine:
                 log.warning("cannot keep blob %s in %s (%s); this node's agent keeps it instead", blob.blob_id,
                             self.shm_dir, error)
                 self.shm_dir = ""
-        self.agents.put_shard(self.local_agent, blob.blob_id, FULL_COPY, blob.step, blob.buffer[:blob.size],
-                              crc32, b"", deadline)
+        try:
+            self.agents.put_shard(self.local_agent, blob.blob_id, FULL_COPY, blob.step, blob.buffer[:blob.size],
+                                  crc32, b"", deadline)
+        except (grpc.RpcError, OSError) as error:
+            if not agent_full(error):
+                raise
+            log.warning("blob %s: no whole copy on this node (%s); a restart decodes it from its shards",
+                        blob.blob_id, error)
 
     # -- restore -----------------------------------------------------------------------------
     def fetch_full_copy(self, info: pb.BlobInfo, address: str) -> np.ndarray | None:

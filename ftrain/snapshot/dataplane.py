@@ -182,7 +182,7 @@ class DataPlaneClient:
             try:
                 result = exchange(sock, deadline)
             except ShardTransferError as error:
-                if error.code in (OK, NOT_FOUND, DATA_LOSS):  # the connection is still in step
+                if error.code in (OK, NOT_FOUND, DATA_LOSS, RESOURCE_EXHAUSTED):  # the connection is still in step
                     self._give_back(address, sock)
                 else:
                     sock.close()

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from typing import Iterable
 
 import numpy as np
 
@@ -66,12 +67,12 @@ def read(directory: str, blob_id: str, size: int, crc32: int) -> np.ndarray | No
     return data if len(data) == size and shard_checksum(data) == crc32 else None
 
 
-def prune(directory: str, min_step: int) -> int:
-    """Removes the blobs of steps below `min_step`; returns how many."""
-    removed = 0
+def prune(directory: str, min_step: int, skipped: Iterable[int] = ()) -> int:
+    """Removes the blobs of steps below `min_step` and of the `skipped` steps; returns how many."""
+    removed, gone = 0, set(skipped)
     for name in os.listdir(directory) if directory and os.path.isdir(directory) else []:
         match = _STEP.match(name)
-        if match and int(match.group(1)) < min_step:
+        if match and (int(match.group(1)) < min_step or int(match.group(1)) in gone):
             _remove(os.path.join(directory, name))
             removed += 1
     return removed

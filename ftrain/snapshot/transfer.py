@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -22,6 +23,25 @@ from ftrain.snapshot.erasure import shard_checksum
 
 class ShardCorrupted(IOError):
     pass
+
+
+def agent_full(error: BaseException) -> bool:
+    """The agent refused a shard because its snapshot memory limit is reached (either transport)."""
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[no-any-return]
+    return isinstance(error, dataplane.ShardTransferError) and error.code == dataplane.RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """Why a shard was not stored on `node`; `full`: its agent's snapshot memory limit is reached."""
+
+    node: str
+    why: str
+    full: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.why}"
 
 
 class AgentPool:
@@ -95,9 +115,9 @@ class AgentPool:
 
     def put_shards(self, executor: Executor, targets: Sequence[tuple[str, str]], blob_id: str, step: int,
                    shards: Sequence[np.ndarray], crcs: Sequence[int], blob_info: bytes = b"",
-                   timeout: float = 60.0) -> list[str]:
+                   timeout: float = 60.0) -> list[ShardProblem]:
         """Puts shard i on targets[i] = (node, address), all at once on `executor` (one target: on
-        this thread). Returns a 'node: why' for each shard that was not stored."""
+        this thread). Returns why for each shard that was not stored."""
         def put(i: int) -> None:
             self.put_shard(targets[i][1], blob_id, i, step, shards[i], crcs[i], blob_info, timeout)
 
@@ -107,9 +127,11 @@ class AgentPool:
             try:
                 futures[i].result() if futures else put(i)
             except grpc.RpcError as error:
-                problems.append(f"{node}: {error.code().name if hasattr(error, 'code') else error}")
-            except OSError as error:  # shard data plane: refused, unreachable, timed out, corrupted
-                problems.append(f"{node}: {error}")
+                code = error.code() if hasattr(error, "code") else None
+                why = (error.details() or "") if agent_full(error) else ""  # type: ignore[attr-defined]
+                problems.append(ShardProblem(node, why or (code.name if code is not None else str(error)), bool(why)))
+            except OSError as error:  # shard data plane: refused, unreachable, timed out, corrupted, full
+                problems.append(ShardProblem(node, str(error), agent_full(error)))
         return problems
 
     def get_shard(self, address: str, blob_id: str, index: int, expected_crc: int, timeout: float = 60.0) -> np.ndarray:

@@ -558,7 +558,7 @@ class Session:
         while True:
             reply = self._coordinator.wait_committed(pb.WaitCommittedRequest(step=step, generation=generation,
                                                                              wait_s=20.0))
-            if reply.committed or reply.current_generation != generation:
+            if reply.committed or reply.skipped or reply.current_generation != generation:
                 return reply
 
     def _await_commit(self, step: int, generation: int) -> bool:
@@ -567,6 +567,8 @@ class Session:
 
     def _wait_committed(self, step: int) -> None:
         reply = self._commit_reply(step, self.generation)
+        if reply.skipped and not reply.committed:  # a rank's snapshot did not fit: the older one stays committed
+            return
         if not reply.committed:
             raise _StepFailed(f"generation moved to {reply.current_generation} before step {step} committed")
         self.mark_committed(step)

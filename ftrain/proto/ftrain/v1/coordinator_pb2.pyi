@@ -71,19 +71,21 @@ class RegisterAgentResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "trainers", "shard_bytes", "checkpoint_results")
+    __slots__ = ("node_id", "trainers", "shard_bytes", "checkpoint_results", "shard_limit_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINERS_FIELD_NUMBER: _ClassVar[int]
     SHARD_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     trainers: _containers.RepeatedCompositeFieldContainer[TrainerInfo]
     shard_bytes: int
     checkpoint_results: _containers.RepeatedCompositeFieldContainer[CheckpointResult]
-    def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ..., checkpoint_results: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ...) -> None: ...
+    shard_limit_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ..., checkpoint_results: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ..., shard_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders", "checkpoint_pending")
+    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders", "checkpoint_pending", "skipped_steps")
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     MIN_RETAINED_STEP_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +95,7 @@ class HeartbeatResponse(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ORDERS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PENDING_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
     job_state: str
     min_retained_step: int
     commands: _containers.RepeatedScalarFieldContainer[str]
@@ -102,7 +105,8 @@ class HeartbeatResponse(_message.Message):
     generation: int
     checkpoint_orders: _containers.RepeatedCompositeFieldContainer[CheckpointOrder]
     checkpoint_pending: bool
-    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ...) -> None: ...
+    skipped_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CheckpointOrder(_message.Message):
     __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep")
@@ -161,7 +165,7 @@ class TrainerExit(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., will_restart: _Optional[bool] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress", "recovery")
+    __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress", "recovery", "snapshot_memory")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODES_FIELD_NUMBER: _ClassVar[int]
     MIN_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +178,7 @@ class JobConfig(_message.Message):
     COLLECTIVE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     COMPRESS_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_MEMORY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     target_nodes: int
     min_nodes: int
@@ -186,7 +191,8 @@ class JobConfig(_message.Message):
     collective_timeout_s: float
     compress: str
     recovery: str
-    def __init__(self, job_id: _Optional[str] = ..., target_nodes: _Optional[int] = ..., min_nodes: _Optional[int] = ..., snapshot_every: _Optional[int] = ..., ec_k: _Optional[int] = ..., ec_m: _Optional[int] = ..., mode: _Optional[str] = ..., strategy: _Optional[str] = ..., inject: _Optional[_Iterable[str]] = ..., collective_timeout_s: _Optional[float] = ..., compress: _Optional[str] = ..., recovery: _Optional[str] = ...) -> None: ...
+    snapshot_memory: str
+    def __init__(self, job_id: _Optional[str] = ..., target_nodes: _Optional[int] = ..., min_nodes: _Optional[int] = ..., snapshot_every: _Optional[int] = ..., ec_k: _Optional[int] = ..., ec_m: _Optional[int] = ..., mode: _Optional[str] = ..., strategy: _Optional[str] = ..., inject: _Optional[_Iterable[str]] = ..., collective_timeout_s: _Optional[float] = ..., compress: _Optional[str] = ..., recovery: _Optional[str] = ..., snapshot_memory: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("trainer_uid", "node_id", "local_rank", "known_generation", "wait_s")
@@ -305,7 +311,7 @@ class FailureReport(_message.Message):
     def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SnapshotReport(_message.Message):
-    __slots__ = ("trainer_uid", "generation", "rank", "step", "blob", "compute_time_s", "stall_s", "snapshot_duration_s", "steps_covered", "wait_commit_s")
+    __slots__ = ("trainer_uid", "generation", "rank", "step", "blob", "compute_time_s", "stall_s", "snapshot_duration_s", "steps_covered", "wait_commit_s", "skipped")
     TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +322,7 @@ class SnapshotReport(_message.Message):
     SNAPSHOT_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     STEPS_COVERED_FIELD_NUMBER: _ClassVar[int]
     WAIT_COMMIT_S_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     trainer_uid: str
     generation: int
     rank: int
@@ -326,7 +333,8 @@ class SnapshotReport(_message.Message):
     snapshot_duration_s: float
     steps_covered: int
     wait_commit_s: float
-    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., compute_time_s: _Optional[float] = ..., stall_s: _Optional[float] = ..., snapshot_duration_s: _Optional[float] = ..., steps_covered: _Optional[int] = ..., wait_commit_s: _Optional[float] = ...) -> None: ...
+    skipped: str
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., compute_time_s: _Optional[float] = ..., stall_s: _Optional[float] = ..., snapshot_duration_s: _Optional[float] = ..., steps_covered: _Optional[int] = ..., wait_commit_s: _Optional[float] = ..., skipped: _Optional[str] = ...) -> None: ...
 
 class SnapshotAck(_message.Message):
     __slots__ = ("accepted", "current_generation", "last_committed_step")
@@ -349,14 +357,16 @@ class WaitCommittedRequest(_message.Message):
     def __init__(self, step: _Optional[int] = ..., generation: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class WaitCommittedResponse(_message.Message):
-    __slots__ = ("committed", "current_generation", "last_committed_step")
+    __slots__ = ("committed", "current_generation", "last_committed_step", "skipped")
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     CURRENT_GENERATION_FIELD_NUMBER: _ClassVar[int]
     LAST_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     committed: bool
     current_generation: int
     last_committed_step: int
-    def __init__(self, committed: _Optional[bool] = ..., current_generation: _Optional[int] = ..., last_committed_step: _Optional[int] = ...) -> None: ...
+    skipped: bool
+    def __init__(self, committed: _Optional[bool] = ..., current_generation: _Optional[int] = ..., last_committed_step: _Optional[int] = ..., skipped: _Optional[bool] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("known_generation", "wait_s")
