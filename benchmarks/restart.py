@@ -15,6 +15,8 @@ the top of step --kill-step, in one invocation, alternating in --rounds:
       detection         = first "failure" / "collective-failed" event - the "inject" event
       restart+rendezvous = the first "generation" event after the failure - the failure
       restore+first step = "recovered" - that "generation" event
+    "restart, standby" and "in-process, standby" are the same with `--standby-trainers`: each agent
+    keeps a process per local rank with torch imported and turns it into the replacement trainer.
 (3) torchrun + DCP: `python -m torch.distributed.run --nproc-per-node N --max-restarts 1
     --monitor-interval 0.1` with the static rendezvous on 127.0.0.1 (as benchmarks/step_overhead.py),
     the same script with its own DDP, dcp.save of model + optimizer every --dcp-every steps to a temp
@@ -72,8 +74,9 @@ from jobs import figure, free_port, kill_group
 
 JOB = str(Path(__file__).resolve().parent / "restart_job.py")
 ROOT = str(Path(__file__).resolve().parent.parent)
-MODES = ("restart", "inprocess", "torchrun")
-LABELS = {"restart": "ftrain restart (DDP)", "inprocess": "ftrain in-process", "torchrun": "torchrun + DCP"}
+MODES = ("restart", "restart-standby", "inprocess", "inprocess-standby", "torchrun")
+LABELS = {"restart": "ftrain restart (DDP)", "restart-standby": "restart, standby", "inprocess": "ftrain in-process",
+          "inprocess-standby": "in-process, standby", "torchrun": "torchrun + DCP"}
 STAGES = ("start", "import", "group", "model", "wrap", "optimizer", "restore", "first step", "commit")
 MARKS = {"start": "process", "import": "imported", "group": "group", "model": "built", "wrap": "wrapped",
          "optimizer": "optimizer", "restore": "restored"}
@@ -178,8 +181,10 @@ def run_ftrain(mode: str, mib: float, args: argparse.Namespace, env: dict[str, s
     command = [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.nodes), "--job-id", job,
                "--snapshot-every", "1", "--inject", f"kill-rank:1@step={args.kill_step}",
                "--events-file", str(events_path), "--timeout", str(args.timeout)]
-    if mode == "restart":
+    if mode.startswith("restart"):
         command += ["--recovery", "restart"]
+    if mode.endswith("-standby"):  # the replacement trainers start from standby processes (torch imported)
+        command += ["--standby-trainers"]
     command += ["--", JOB, *job_args(mib, args, timeline)]
     run_job(command, env, workdir / f"{job}.log", args.timeout + 30, marker=job)
     events = read_jsonl(events_path)
@@ -196,7 +201,7 @@ def run_ftrain(mode: str, mib: float, args: argparse.Namespace, env: dict[str, s
     died = next((e for e in events if e["kind"] == "failure" and e["time"] >= inject["time"]), failure)
     since = failure["time"]
     marks = read_jsonl(timeline)
-    anchor = generation["time"] if mode == "restart" else died["time"]
+    anchor = generation["time"] if mode.startswith("restart") else died["time"]
     # more than one generation before the step committed: the first restart did not take (see the notes)
     generations = [e for e in events
                    if e["kind"] == "generation" and failure["time"] <= e["time"] <= recovered["time"]]
@@ -300,6 +305,8 @@ def main() -> None:
     parser.add_argument("--no-fsdp2", action="store_true", help="skip (4)")
     parser.add_argument("--timeout", type=float, default=420, help="seconds per job before it is killed")
     parser.add_argument("--workdir", default="", help="logs, events and timelines (default: a new /tmp dir)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="which recoveries to measure (default all; ratios are to in-process's)")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ftrain-restart-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -319,7 +326,7 @@ def main() -> None:
     loads: list[float] = []
     for round_index in range(args.rounds):
         for mib in args.state_mib:
-            for mode in MODES:
+            for mode in args.modes:
                 loads.append(os.getloadavg()[0])
                 t = time.time()
                 try:
@@ -362,7 +369,7 @@ def main() -> None:
           f"{'restore+1st':>11} {'lost steps':>10} {'back':>7}")
     for mib in args.state_mib:
         base = median([r["recovery"] for r in results.get(("inprocess", mib), [])])
-        for mode in MODES:
+        for mode in args.modes:
             rs = results.get((mode, mib), [])
             if not rs:
                 print(f"{LABELS[mode]:>21} {mib:>4g} M {'failed':>9}")
@@ -379,7 +386,7 @@ def main() -> None:
     print("\nwhere the time goes after the kill, s per stage (medians; in the restarted processes, the latest rank):")
     print(f"{'mode':>21} {'state':>6} " + " ".join(f"{s:>10}" for s in STAGES))
     for mib in args.state_mib:
-        for mode in MODES:
+        for mode in args.modes:
             rs = results.get((mode, mib), [])
             if not rs:
                 continue

@@ -40,6 +40,10 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the most memory each agent holds for snapshots (shards of its peers' blobs and its "
                              "trainers' own copies): a size (8GiB) or a share of its machine's memory (default "
                              "50%%); a snapshot that does not fit is skipped with a warning, never a failure")
+    parser.add_argument("--standby-trainers", action="store_true",
+                        help="each agent keeps one process per local rank with Python, torch and ftrain already "
+                             "imported, and turns it into the trainer that replaces one that died (no cold start; "
+                             "costs that process's memory, a few hundred MB, per local rank)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     durable = parser.add_argument_group("durable tier (agents write committed snapshots to disk in the background)")
     durable.add_argument("--checkpoint-dir", default="",
@@ -117,7 +121,7 @@ def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings
         compress=args.compress, recovery=args.recovery, checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "",
         checkpoint_every=args.checkpoint_every, checkpoint_every_s=args.checkpoint_every_s,
         checkpoint_keep=args.checkpoint_keep, resume_dir=_resume_dir(args), resume_optional=args.resume_if_any,
-        snapshot_memory=args.snapshot_memory,
+        snapshot_memory=args.snapshot_memory, standby_trainers=args.standby_trainers,
     ).validate()
 
 

@@ -166,6 +166,7 @@ class JobSettings:
     resume_dir: str = ""               # start from the newest complete checkpoint here ("" = a fresh job)
     resume_optional: bool = False      # no checkpoint in resume_dir: start fresh instead of failing
     snapshot_memory: str = ""          # each agent's snapshot memory limit (snapshot_memory_bytes; "" = 50%)
+    standby_trainers: bool = False     # agents keep a standby process per local rank (ftrain.agent.standby)
 
     def effective_collective_timeout_s(self, hang_timeout_s: float | None = None) -> float:
         """The collective timeout handed to a generation: the one set, else the hang timeout (as the

@@ -25,6 +25,7 @@ from ftrain import config as cfg
 from ftrain import metrics as metrics_mod
 from ftrain.agent.checkpoint import CheckpointWriter
 from ftrain.agent.dataplane import ShardDataServer
+from ftrain.agent.standby import Standbys
 from ftrain.agent.store import AgentServicer, ShardStore
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import (PeerUnavailable, Unauthenticated, add_health_and_reflection, bind, call_retrying,
@@ -148,6 +149,7 @@ class Agent:
         self._stop = threading.Event()
         self.checkpoint_dir = checkpoint_dir  # where this node mounts the job's checkpoint directory ("" = its path)
         self.snapshot_memory = snapshot_memory  # this node's own --snapshot-memory ("": the job's)
+        self.standbys: Standbys | None = None  # --standby-trainers (from the job's config)
         self._refused_counted = 0
         self._writer: CheckpointWriter | None = None  # the durable tier's writer, made at the first order
         self._wake = threading.Event()  # heartbeat now (a checkpoint result is ready)
@@ -186,6 +188,11 @@ class Agent:
             log.warning("%s; using %s", error, cfg.DEFAULT_SNAPSHOT_MEMORY)
             self.store.limit = cfg.snapshot_memory_bytes("", machine_memory_bytes())
         self.metrics.snapshot_memory_limit.set(self.store.limit)
+        if response.config.standby_trainers and self.standbys is None:
+            self.standbys = Standbys(self._trainer_command(), self._environment, die_with_parent)
+            if self.standbys.argv is None:
+                log.warning("--standby-trainers: %s is not `python SCRIPT.py ...` or `python -m MODULE ...`; "
+                            "trainers start cold", " ".join(self._trainer_command())[:200])
         if not self.job_id:
             self.job_id = response.config.job_id
         log.info("agent %s registered at %s (shard store %s)", self.node_id, self.coordinator, self.address)
@@ -343,6 +350,19 @@ class Agent:
             return
 
     def _spawn(self, local_rank: int, extra: dict[str, str] | None = None) -> subprocess.Popen:
+        """A trainer process: a standby turned into it (--standby-trainers), else a new one."""
+        env = self._environment(local_rank, extra)
+        if self.standbys is None:
+            return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)
+        process = self.standbys.take(local_rank, env)
+        if process is not None:
+            log.info("trainer %d started warm, from standby pid %d", local_rank, process.pid)
+        else:
+            process = subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)
+        self.standbys.fill(local_rank)  # ready for the next failure
+        return process
+
+    def _environment(self, local_rank: int, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
         env.update(extra or {})
@@ -353,7 +373,7 @@ class Agent:
             "FTRAIN_LOG_SOURCE": f"{self.node_id}/{local_rank}",  # ftrain.textfmt: one log line format
         })
         env.setdefault("OMP_NUM_THREADS", "1")
-        return subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)
+        return env
 
     def _run(self, trainer: TrainerProcess, extra: dict[str, str] | None = None) -> None:
         trainer.process, trainer.started, trainer.state = self._spawn(trainer.local_rank, extra), time.monotonic(), "running"
@@ -484,6 +504,10 @@ class Agent:
             if self._writer is not None:
                 self._writer.close()
             local_copy.remove_dir(self.shm_dir)
+            if self.standbys is not None:
+                self.standbys.stop()
+                log.info("agent %s: started %d trainer(s) warm from standbys and %d cold", self.node_id,
+                         self.standbys.warm, self.standbys.cold)
             log.info("agent %s: served %d shard(s) and %d whole cop(ies) over the network", self.node_id,
                      self.reads["shard"], self.reads["whole"])
         if self.job_state == "complete":

@@ -933,7 +933,7 @@ class CoordinatorMachine:
             job_id=s.job_id, target_nodes=s.target_nodes, min_nodes=s.min_nodes, snapshot_every=s.snapshot_every,
             ec_k=s.ec.k, ec_m=s.ec.m, mode=s.mode, strategy=s.strategy, inject=[f.raw for f in s.inject],
             collective_timeout_s=s.effective_collective_timeout_s(self.hang.timeout_s()), compress=s.compress,
-            recovery=s.recovery, snapshot_memory=s.snapshot_memory,
+            recovery=s.recovery, snapshot_memory=s.snapshot_memory, standby_trainers=s.standby_trainers,
         )
 
     def effective_ec(self, aggregator_snapshots: dict[str, Any] | None = None) -> dict[str, Any]:

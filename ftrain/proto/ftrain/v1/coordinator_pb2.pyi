@@ -165,7 +165,7 @@ class TrainerExit(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., will_restart: _Optional[bool] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress", "recovery", "snapshot_memory")
+    __slots__ = ("job_id", "target_nodes", "min_nodes", "snapshot_every", "ec_k", "ec_m", "mode", "strategy", "inject", "collective_timeout_s", "compress", "recovery", "snapshot_memory", "standby_trainers")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODES_FIELD_NUMBER: _ClassVar[int]
     MIN_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class JobConfig(_message.Message):
     COMPRESS_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_TRAINERS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     target_nodes: int
     min_nodes: int
@@ -192,7 +193,8 @@ class JobConfig(_message.Message):
     compress: str
     recovery: str
     snapshot_memory: str
-    def __init__(self, job_id: _Optional[str] = ..., target_nodes: _Optional[int] = ..., min_nodes: _Optional[int] = ..., snapshot_every: _Optional[int] = ..., ec_k: _Optional[int] = ..., ec_m: _Optional[int] = ..., mode: _Optional[str] = ..., strategy: _Optional[str] = ..., inject: _Optional[_Iterable[str]] = ..., collective_timeout_s: _Optional[float] = ..., compress: _Optional[str] = ..., recovery: _Optional[str] = ..., snapshot_memory: _Optional[str] = ...) -> None: ...
+    standby_trainers: bool
+    def __init__(self, job_id: _Optional[str] = ..., target_nodes: _Optional[int] = ..., min_nodes: _Optional[int] = ..., snapshot_every: _Optional[int] = ..., ec_k: _Optional[int] = ..., ec_m: _Optional[int] = ..., mode: _Optional[str] = ..., strategy: _Optional[str] = ..., inject: _Optional[_Iterable[str]] = ..., collective_timeout_s: _Optional[float] = ..., compress: _Optional[str] = ..., recovery: _Optional[str] = ..., snapshot_memory: _Optional[str] = ..., standby_trainers: _Optional[bool] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("trainer_uid", "node_id", "local_rank", "known_generation", "wait_s")
