@@ -2,7 +2,10 @@
 
 Items cost ~1 ms each (a sleep, like I/O, and a busy loop, like decoding). Every run happens in
 this one invocation, alternating, and the table prints ftrain's samples/s as a ratio of
-torchrun's. Usage: python benchmarks/dataloader.py [--ranks 2] [--rounds 2]
+torchrun's. ftrain snapshots every step (its default) in the w=0 and w=2 columns; the last
+column is w=2 with `--snapshot-every 10`, which separates the input pipeline from the per-step
+snapshot (whose cost benchmarks/step_overhead.py measures). Usage: python
+benchmarks/dataloader.py [--ranks 2] [--rounds 2]
 """
 import argparse
 import os
@@ -29,22 +32,23 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTRAIN_")}
     env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     print(f"{args.ranks} ranks, batch 16 per rank, items cost 1 ms; medians of {args.rounds} rounds")
-    print(f"{'items':6} {'torchrun+DDP w=2':>17} {'ftrain w=0':>11} {'ftrain w=2':>11} {'w=2 ratio':>10}")
+    print(f"{'items':6} {'torchrun+DDP w=2':>17} {'ftrain w=0':>11} {'ftrain w=2':>11} {'w=2 ratio':>10} "
+          f"{'w=2 snap/10':>12} {'ratio':>6}")
     for kind in ("sleep", "cpu"):
-        figures: dict[str, list[float]] = {"torchrun": [], "ft0": [], "ft2": []}
+        figures: dict[str, list[float]] = {"torchrun": [], "ft0": [], "ft2": [], "ft2s10": []}
         common = [JOB, "--kind", kind, "--steps", str(args.steps)]
         for _ in range(args.rounds):
             figures["torchrun"].append(run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
                                             str(args.ranks), "--master-addr", "127.0.0.1", "--master-port",
                                             str(free_port()), *common, "--workers", "2"], env))
-            for workers in (0, 2):
+            for workers, every in ((0, 1), (2, 1), (2, 10)):
                 job = f"bench-dl-{uuid.uuid4().hex[:8]}"
-                figures[f"ft{workers}"].append(run([sys.executable, "-m", "ftrain", "launch", "--nodes",
-                                                    str(args.ranks), "--job-id", job, "--", *common,
-                                                    "--workers", str(workers)], env))
+                figures[f"ft{workers}" + ("" if every == 1 else f"s{every}")].append(run(
+                    [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.ranks), "--job-id", job,
+                     "--snapshot-every", str(every), "--", *common, "--workers", str(workers)], env))
         med = {k: statistics.median(v) for k, v in figures.items()}
         print(f"{kind:6} {med['torchrun']:17.1f} {med['ft0']:11.1f} {med['ft2']:11.1f} "
-              f"{med['ft2'] / med['torchrun']:9.2f}x")
+              f"{med['ft2'] / med['torchrun']:9.2f}x {med['ft2s10']:12.1f} {med['ft2s10'] / med['torchrun']:5.2f}x")
 
 
 if __name__ == "__main__":
