@@ -189,22 +189,27 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def PutShard(self, request_iterator: Iterator[apb.ShardChunk], context: grpc.ServicerContext) -> apb.PutShardResponse:
         buffer: bytearray | None = None
         first: apb.ShardChunk | None = None
-        for chunk in request_iterator:
-            if first is None:
-                self._check_job(chunk.job_id, context)
-                too_big = shard_size_problem(chunk.total_len)
-                if too_big:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, too_big)
-                first = chunk
-                try:
-                    buffer = self.store.take_buffer(chunk.total_len)
-                except StoreFull as full:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
-            end = chunk.offset + len(chunk.data)
-            if end > len(buffer):  # type: ignore[arg-type]
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"chunk at offset {chunk.offset} (+{len(chunk.data)}) overruns the shard ({len(buffer)} bytes)")  # type: ignore[arg-type]
-            buffer[chunk.offset:end] = chunk.data  # type: ignore[index]
+        try:
+            for chunk in request_iterator:
+                if first is None:
+                    self._check_job(chunk.job_id, context)
+                    too_big = shard_size_problem(chunk.total_len)
+                    if too_big:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, too_big)
+                    first = chunk
+                    try:
+                        buffer = self.store.take_buffer(chunk.total_len)
+                    except StoreFull as full:
+                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
+                end = chunk.offset + len(chunk.data)
+                if end > len(buffer):  # type: ignore[arg-type]
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"chunk at offset {chunk.offset} (+{len(chunk.data)}) overruns the shard ({len(buffer)} bytes)")  # type: ignore[arg-type]
+                buffer[chunk.offset:end] = chunk.data  # type: ignore[index]
+        except BaseException:  # the stream broke or was refused: the buffer is not stored (nor counted)
+            if buffer is not None:
+                self.store.give_back(buffer)
+            raise
         if first is None or buffer is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty shard stream")
             raise AssertionError("unreachable: abort raises")

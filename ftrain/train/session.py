@@ -792,7 +792,11 @@ class Session:
         own_meta = first_meta if own is blobs[0] else lay.read_blob(self._blob_bytes(a, own))[0]
         log.info("resharding the state of step %d from %d to %d ranks (%s)", a.restore_step, old_world,
                  self.world_size, copy)
-        dcp.load(copy, self.module, self.optimizer)
+        try:
+            dcp.load(copy, self.module, self.optimizer)
+        except Exception as error:  # DCP's CheckpointException: a key or shape the model does not have
+            raise SnapshotLost(f"the DCP copy {copy} does not load into this model and optimizer (build them as the "
+                               f"job that wrote it did): {short_reason(str(error))}") from error
         self._restore_common(a, first_meta, own_meta)
 
     def _restore_common(self, a: pb.GenerationAssignment, first_meta: dict, own_meta: dict) -> None:
