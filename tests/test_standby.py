@@ -40,13 +40,15 @@ def test_a_killed_trainer_is_replaced_by_a_standby_bit_identically(tmp_path: Pat
                                                                      script_args: tuple[str, ...]) -> None:
     mode = ("--recovery", recovery)
     clean, _ = launch(tmp_path, "clean", script, *mode, script_args=script_args)
-    result, output = launch(tmp_path, "standby", script, *mode, "--standby-trainers", "--inject", "kill-rank:1@step=7",
-                            script_args=script_args)
+    # slowed (the math is the same), so the standbys, started once the first trainers are under way,
+    # are ready long before the kill
+    result, output = launch(tmp_path, "standby", script, *mode, "--standby-trainers", "--inject", "kill-rank:1@step=12",
+                            script_args=(*script_args, "--step-sleep", "0.8"))
     for key in clean["params"]:
         assert torch.equal(clean["params"][key], result["params"][key]), key
     assert result["generation"] >= 1, output[-3000:]
     warm, cold = starts(output)
-    # the first trainers start cold (nothing is ready yet); every replacement came from a standby
+    # the first trainers start cold (nothing is ready yet); the replacements came from standbys
     assert cold == 2 and warm == (1 if recovery == "inprocess" else 2), output[-4000:]
     assert re.search(r"trainer 0 started warm, from standby pid \d+", output), output[-4000:]
     assert "failures 1, recoveries 1" in output, output[-3000:]

@@ -82,6 +82,8 @@ class _NodeServicer(AgentServicer):
     def ReportTrainerMetrics(self, request: agent_pb2.TrainerMetrics, context: grpc.ServicerContext) -> agent_pb2.TrainerMetricsAck:
         self._check_job(request.job_id, context)
         self.agent.metrics.record_trainer_report(request)
+        if self.agent.trainer_steps.get(request.local_rank) != request.step and self.agent.standbys is not None:
+            self.agent.standbys.progress(request.local_rank)
         self.agent.trainer_steps[request.local_rank] = request.step
         return agent_pb2.TrainerMetricsAck(ok=True)
 
@@ -359,7 +361,7 @@ class Agent:
             log.info("trainer %d started warm, from standby pid %d", local_rank, process.pid)
         else:
             process = subprocess.Popen(self._trainer_command(), env=env, preexec_fn=die_with_parent)
-        self.standbys.fill(local_rank)  # ready for the next failure
+        self.standbys.schedule(local_rank)  # ready for the next failure, once this trainer is under way
         return process
 
     def _environment(self, local_rank: int, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -393,6 +395,8 @@ class Agent:
     def _watch_trainers(self) -> None:
         while True:
             self._spawn_joined()
+            if self.standbys is not None:
+                self.standbys.refill()
             with self._lock:
                 trainers = list(self.trainers.values())
             for trainer in trainers:

@@ -4,8 +4,11 @@ imported, so a trainer that died is replaced without a cold start.
 A standby is `python -m ftrain.train.standby` (see there). When its agent starts a trainer it hands
 a live standby the trainer's command line and environment on its stdin instead of spawning a new
 interpreter; the standby becomes the trainer (its pid is the trainer's), and a fresh standby is
-started for the next failure. Only commands the standby can run as `__main__` qualify: this
-interpreter with `script.py ...` or `-m module ...`; any other command starts cold.
+started for the next failure once the new trainer is under way (its step moved twice in its
+metrics reports, or REFILL_DELAY_S passed): a standby's own imports would otherwise compete for the
+CPU with the trainers it is meant to speed up, just when they start (and at the job's start).
+Only commands the standby can run as `__main__` qualify: this interpreter with `script.py ...` or
+`-m module ...`; any other command starts cold.
 """
 from __future__ import annotations
 
@@ -13,7 +16,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Callable, Sequence
+
+REFILL_DELAY_S = 30.0  # at most, after a trainer starts, before a standby for its local rank is started
 
 
 def runnable(command: Sequence[str]) -> list[str] | None:
@@ -34,11 +41,39 @@ class Standbys:
         self._env = env          # the environment a standby for a local rank starts with
         self._preexec = preexec
         self._ready: dict[int, subprocess.Popen] = {}
+        self._due: dict[int, float] = {}  # local rank -> when its next standby is started (time.monotonic)
+        self._moves: dict[int, int] = {}  # local rank -> step changes its trainer reported since it started
+        self._lock = threading.Lock()     # progress() comes from the agent's RPC threads
         self.warm = 0            # trainers started from a standby
         self.cold = 0            # trainers started as a new interpreter while standbys were on
 
+    def schedule(self, local_rank: int, delay_s: float = REFILL_DELAY_S) -> None:
+        """A standby for `local_rank` is to be started once its new trainer is under way (`progress`),
+        at the latest `delay_s` from now (see `refill`)."""
+        if self.argv is not None:
+            with self._lock:
+                self._due[local_rank], self._moves[local_rank] = time.monotonic() + delay_s, 0
+
+    def progress(self, local_rank: int) -> None:
+        """The trainer of `local_rank` reported a new step: the second time, its standby is due."""
+        with self._lock:
+            if local_rank in self._due:
+                self._moves[local_rank] = self._moves.get(local_rank, 0) + 1
+                if self._moves[local_rank] >= 2:
+                    self._due[local_rank] = 0.0
+
+    def refill(self) -> None:
+        """Starts the standbys that are due (the agent's watch loop, on its main thread, calls it)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [r for r, when in self._due.items() if when <= now]
+            for local_rank in due:
+                del self._due[local_rank]
+        for local_rank in due:
+            self.fill(local_rank)
+
     def fill(self, local_rank: int) -> None:
-        """Starts a standby for `local_rank` unless one is ready (or none can run the command)."""
+        """Starts a standby for `local_rank` now unless one is ready (or none can run the command)."""
         if self.argv is None:
             return
         current = self._ready.get(local_rank)
@@ -65,6 +100,8 @@ class Standbys:
         return standby
 
     def stop(self) -> None:
+        with self._lock:
+            self._due.clear()
         for standby in self._ready.values():
             if standby.poll() is None:
                 standby.kill()

@@ -22,6 +22,10 @@ def _preload() -> None:
     import torch.nn.parallel  # noqa: F401
 
     import ftrain.train.session  # noqa: F401  (gRPC, the snapshot engine, the codec)
+    try:  # an optimizer's first step imports it (about a second)
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # pragma: no cover - a torch built without it
+        pass
 
 
 def become(order: dict) -> None:

@@ -11,6 +11,7 @@ With --load-dcp (reference only) it resumes a DCP checkpoint with torch's own re
 import argparse
 import collections
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--ddp", action="store_true", help="the script's own DDP instead of FSDP2")
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep per step (slows the job)")
     parser.add_argument("--load-dcp", default="", help="reference only: resume from this DCP checkpoint (torch's "
                         "own recipe), taken after --from-step steps on --from-world ranks")
     parser.add_argument("--from-step", type=int, default=0)
@@ -105,6 +107,8 @@ def main() -> None:
     for step, (x, y, ids), parts, epoch in loop:
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
         optimizer.step()
         optimizer.zero_grad()
         for part in parts:
