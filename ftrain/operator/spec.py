@@ -21,7 +21,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, overload
 
-from ftrain.config import ENV_COORDINATOR, ENV_JOB_ID, ENV_NODE_ID, ENV_TOKEN, agent_argv
+from ftrain.config import (ENV_COORDINATOR, ENV_JOB_ID, ENV_NODE_ID, ENV_TOKEN, RECOVERY_MODES, ConfigError,
+                           agent_argv, snapshot_memory_bytes)
 
 GROUP = "ftrain.dev"
 VERSION = "v1alpha1"
@@ -65,6 +66,7 @@ REASON_INVALID = "InvalidSpec"
 REASON_BACKOFF = "BackoffLimitExceeded"
 
 MODES = ("sync", "async")
+RECOVERY_DEFAULT = "inprocess"  # spec.recovery (RECOVERY_MODES: inprocess | restart)
 # The durable tier (spec.checkpoint): the CRD's defaults, and the pod volume a claimName becomes.
 CHECKPOINT_EVERY_STEPS = 100
 CHECKPOINT_EVERY_SECONDS = 0.0
@@ -114,6 +116,15 @@ def _str(spec: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _bool(spec: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}{key} must be a boolean; got {value!r}")
+    return value
+
+
 def default_erasure(replicas: int) -> tuple[int, int]:
     """Default RS(k, m) for a job of ``replicas`` nodes: shards go to the *other* nodes.
 
@@ -138,7 +149,10 @@ class JobSpec:
     resources: Mapping[str, Any] = field(default_factory=dict)
     mode: str = "sync"
     strategy: str = ""
+    recovery: str = RECOVERY_DEFAULT  # spec.recovery: "restart" restarts every trainer at every failure
+    standby_trainers: bool = False  # spec.standbyTrainers: agents keep a warm process per local rank
     snapshot_every: int = 1
+    snapshot_memory: str = ""  # spec.snapshot.memory: each agent's snapshot memory limit ("" = the agent's 50%)
     data_shards: int = 0
     parity_shards: int = 0
     erasure_explicit: bool = False
@@ -184,6 +198,7 @@ class JobSpec:
         if not isinstance(snapshot, Mapping):
             raise SpecError("spec.snapshot must be an object")
         every = _int(snapshot, "everySteps", 1, "spec.snapshot.")
+        snapshot_memory = _str(snapshot, "memory", "spec.snapshot.")
         k = _int(snapshot, "dataShards", None, "spec.snapshot.")
         m = _int(snapshot, "parityShards", None, "spec.snapshot.")
         explicit = k is not None or m is not None
@@ -207,6 +222,8 @@ class JobSpec:
         strategy = spec.get("strategy") or ""
         if not isinstance(strategy, str):
             raise SpecError("spec.strategy must be a string")
+        recovery = _str(spec, "recovery", "spec.") or RECOVERY_DEFAULT
+        standby = _bool(spec, "standbyTrainers", False, "spec.")
         checkpoint = spec.get("checkpoint")  # absent or null: no durable tier (the CRD has no default)
         ckpt: dict[str, Any] = {}
         if checkpoint is not None:
@@ -233,7 +250,10 @@ class JobSpec:
             resources=dict(resources),
             mode=mode,
             strategy=strategy,
+            recovery=recovery,
+            standby_trainers=standby,
             snapshot_every=every,
+            snapshot_memory=snapshot_memory,
             data_shards=k,
             parity_shards=m,
             erasure_explicit=explicit,
@@ -273,8 +293,23 @@ def validate(spec: JobSpec, name: str = "") -> list[str]:
         errors.append(f"spec.nprocPerNode must be >= 1; got {spec.nproc_per_node}")
     if spec.mode not in MODES:
         errors.append(f"spec.mode must be one of {', '.join(MODES)}; got {spec.mode!r}")
+    if spec.recovery not in RECOVERY_MODES:
+        errors.append(f"spec.recovery must be one of {', '.join(RECOVERY_MODES)}; got {spec.recovery!r}")
+    elif spec.recovery == "restart" and spec.mode == "async":
+        errors.append("spec.recovery restart is for spec.mode sync (async workers never share a process group); "
+                      "use recovery: inprocess with mode: async")
     if spec.snapshot_every < 1:
         errors.append(f"spec.snapshot.everySteps must be >= 1; got {spec.snapshot_every}")
+    if spec.snapshot_memory:
+        try:  # the form only: a share ("50%") is of each agent's own pod / machine memory
+            snapshot_memory_bytes(spec.snapshot_memory, 1 << 30)
+        except ConfigError as e:
+            msg = str(e)
+            msg = (msg.replace("--snapshot-memory", "spec.snapshot.memory", 1) if msg.startswith("--snapshot-memory")
+                   else f"spec.snapshot.memory: {msg}")
+            if re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGTkmgt]i\s*", spec.snapshot_memory):
+                msg += f" (for the Kubernetes quantity {spec.snapshot_memory.strip()}, write {spec.snapshot_memory.strip()}B)"
+            errors.append(msg)
     k, m, n = spec.data_shards, spec.parity_shards, spec.replicas
     if spec.erasure_explicit:
         if m < 0:
@@ -467,6 +502,12 @@ def coordinator_command(job_name: str, spec: JobSpec) -> list[str]:
         cmd += ["--strategy", spec.strategy]
     if spec.erasure:
         cmd += ["--ec", spec.erasure]
+    if spec.recovery != RECOVERY_DEFAULT:
+        cmd += ["--recovery", spec.recovery]
+    if spec.standby_trainers:
+        cmd += ["--standby-trainers"]
+    if spec.snapshot_memory:
+        cmd += ["--snapshot-memory", spec.snapshot_memory]
     if spec.checkpoint_dir:
         # The durable tier, mounted at the same path in every pod (so the agents need no
         # --checkpoint-dir of their own). --resume --resume-if-any: a job (re-)created with this dir

@@ -143,6 +143,9 @@ def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
      "spec.checkpoint.everySteps in body should be greater than or equal to 0"),
     ({"checkpoint": {"dir": "ckpt"}}, "spec.checkpoint.dir in body should match '^/'"),
     ({"checkpoint": {"everySteps": 10}}, "spec.checkpoint.dir: Required value"),
+    ({"recovery": "bogus"}, 'spec.recovery: Unsupported value: "bogus": supported values: "inprocess", "restart"'),
+    ({"standbyTrainers": "yes"}, "spec.standbyTrainers in body must be of type boolean"),
+    ({"snapshot": {"memory": 8}}, "spec.snapshot.memory in body must be of type string"),
 ])
 def test_api_server_rejects_invalid_spec(apiserver, namespace, api, spec_patch, expected):
     _, custom = api
@@ -177,6 +180,7 @@ def test_schema_defaults_applied(apiserver, namespace, api):
     assert got["nprocPerNode"] == 1 and got["mode"] == "sync" and got["args"] == []
     assert got["snapshot"] == {"everySteps": 1}
     assert "checkpoint" not in got  # no durable tier unless asked for
+    assert got["recovery"] == "inprocess" and got["standbyTrainers"] is False
     got = create_job(custom, namespace, job_body("defaults-checkpoint", checkpoint={"dir": "/ckpt"}))["spec"]
     assert got["checkpoint"] == {"dir": "/ckpt", "everySteps": 100, "everySeconds": 0, "keep": 2}
     spec = S.JobSpec.from_dict(got)
@@ -191,7 +195,9 @@ def test_job_creates_coordinator_service_secret_and_workers(operator, coordinato
     name = "digits"
     job = create_job(custom, namespace, job_body(name, nodes={"replicas": 3}, nprocPerNode=2,
                                                  env=[{"name": "EXTRA", "value": "1"}],
-                                                 resources={"limits": {"cpu": "2", "memory": "4Gi"}}))
+                                                 resources={"limits": {"cpu": "2", "memory": "4Gi"}},
+                                                 recovery="restart", standbyTrainers=True,
+                                                 snapshot={"memory": "2GiB"}))
     uid = job["metadata"]["uid"]
     pods = wait_for("coordinator + 3 worker pods", lambda: (lambda p: p if len(p) == 4 else None)(pods_of(core, namespace, name)))
     assert set(pods) == {"digits-coordinator-0", "digits-worker-0-0", "digits-worker-1-0", "digits-worker-2-0"}
@@ -203,7 +209,8 @@ def test_job_creates_coordinator_service_secret_and_workers(operator, coordinato
     coord = pods["digits-coordinator-0"].spec.containers[0]
     assert coord.command == ["ftrain", "coordinator", "--host", "$(FTRAIN_POD_IP)", "--port", "29400",
                              "--metrics-port", "9400", "--job-id", "digits", "--nodes", "3", "--min-nodes", "3",
-                             "--mode", "sync", "--snapshot-every", "1", "--ec", "1+1"]  # 3 nodes: k=1, m=1
+                             "--mode", "sync", "--snapshot-every", "1", "--ec", "1+1",  # 3 nodes: k=1, m=1
+                             "--recovery", "restart", "--standby-trainers", "--snapshot-memory", "2GiB"]
     address = f"digits-coordinator.{namespace}.svc:29400"
     worker = pods["digits-worker-1-0"].spec.containers[0]
     assert worker.command == ["ftrain", "agent", "--coordinator", address, "--nproc-per-node", "2",

@@ -71,6 +71,12 @@ def test_spec_defaults_match_the_crd():
     ({"checkpoint": {"dir": "/ckpt", "everySteps": 0}},
      "spec.checkpoint.everySteps and spec.checkpoint.everySeconds must not both be 0"),
     ({"checkpoint": {"dir": "/ckpt", "keep": 0}}, "spec.checkpoint.keep must be >= 1; got 0"),
+    ({"recovery": "restart", "mode": "async"}, "spec.recovery restart is for spec.mode sync"),
+    ({"recovery": "bogus"}, "spec.recovery must be one of inprocess, restart; got 'bogus'"),
+    ({"snapshot": {"memory": "lots"}}, "spec.snapshot.memory must be a size (8GiB, 512MB, bytes)"),
+    ({"snapshot": {"memory": "150%"}}, "spec.snapshot.memory must be a share between 0% and 100%; got '150%'"),
+    ({"snapshot": {"memory": "0"}}, "spec.snapshot.memory must be above 0"),
+    ({"snapshot": {"memory": "8Gi"}}, "for the Kubernetes quantity 8Gi, write 8GiB"),
 ])
 def test_validate_catches_what_the_schema_cannot(spec, message):
     errors = S.validate(S.JobSpec.from_dict(job(**spec)["spec"]), "j")
@@ -127,6 +133,37 @@ def test_checkpoint_defaults_match_the_crd():
     assert timed.checkpoint_every_s == 30.0 and S.validate(timed, "j") == []
 
 
+def test_recovery_standby_and_snapshot_memory_defaults_match_the_crd():
+    spec = S.JobSpec.from_dict(job()["spec"])
+    assert (spec.recovery, spec.standby_trainers, spec.snapshot_memory) == ("inprocess", False, "")
+    assert S.validate(spec, "j") == []
+    props = _crd_schema()["properties"]["spec"]["properties"]
+    assert props["recovery"]["enum"] == list(S.RECOVERY_MODES) and props["recovery"]["default"] == spec.recovery
+    assert (props["standbyTrainers"]["type"], props["standbyTrainers"]["default"]) == ("boolean", spec.standby_trainers)
+    memory = props["snapshot"]["properties"]["memory"]
+    assert memory["type"] == "string" and "default" not in memory  # omitted: each agent's own default (50%)
+    set_ = S.JobSpec.from_dict(job(recovery="restart", standbyTrainers=True,
+                                   snapshot={"everySteps": 5, "memory": "8GiB"})["spec"])
+    assert (set_.recovery, set_.standby_trainers, set_.snapshot_memory, set_.snapshot_every) == (
+        "restart", True, "8GiB", 5)
+    assert S.validate(set_, "j") == []
+    for memory_value in ("512MB", "50%", "1.5G", "1000000"):
+        assert S.validate(S.JobSpec.from_dict(job(snapshot={"memory": memory_value})["spec"]), "j") == []
+    # restart is fine with sync (the default mode), inprocess with async.
+    assert S.validate(S.JobSpec.from_dict(job(recovery="inprocess", mode="async")["spec"]), "j") == []
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"recovery": 1}, "spec.recovery must be a string; got 1"),
+    ({"standbyTrainers": "true"}, "spec.standbyTrainers must be a boolean; got 'true'"),
+    ({"standbyTrainers": 1}, "spec.standbyTrainers must be a boolean; got 1"),
+    ({"snapshot": {"memory": 8}}, "spec.snapshot.memory must be a string; got 8"),
+])
+def test_from_dict_rejects_malformed_recovery_settings(patch, message):
+    with pytest.raises(S.SpecError, match=re.escape(message)):
+        S.JobSpec.from_dict(job(**patch)["spec"])
+
+
 # --------------------------------------------------------------------------- manifests
 
 def test_worker_and_coordinator_manifests():
@@ -181,6 +218,38 @@ def test_coordinator_command_carries_the_checkpoint_flags():
         "--checkpoint-keep", "2", "--resume", "/ckpt", "--resume-if-any"]
     # Agents find the directory at the same path: no --checkpoint-dir of their own.
     assert "--checkpoint-dir" not in S.worker_command("j", "ns", spec, "j-worker-0-0")
+
+
+def test_coordinator_command_carries_recovery_standby_and_snapshot_memory_only_when_set():
+    base = S.coordinator_command("j", S.JobSpec.from_dict(job()["spec"]))
+    for flag in ("--recovery", "--standby-trainers", "--snapshot-memory"):
+        assert flag not in base
+    explicit_defaults = S.JobSpec.from_dict(job(recovery="inprocess", standbyTrainers=False)["spec"])
+    assert S.coordinator_command("j", explicit_defaults) == base
+    for patch, extra in (({"recovery": "restart"}, ["--recovery", "restart"]),
+                         ({"standbyTrainers": True}, ["--standby-trainers"]),
+                         ({"snapshot": {"memory": "512MB"}}, ["--snapshot-memory", "512MB"])):
+        cmd = S.coordinator_command("j", S.JobSpec.from_dict(job(**patch)["spec"]))
+        assert cmd == base + extra, patch
+    # Agents get them from the coordinator: nothing of the kind on their command line.
+    spec = S.JobSpec.from_dict(job(recovery="restart", standbyTrainers=True, snapshot={"memory": "50%"})["spec"])
+    worker = S.worker_command("j", "ns", spec, "j-worker-0-0")
+    assert not {"--recovery", "--standby-trainers", "--snapshot-memory"} & set(worker)
+
+
+@pytest.mark.parametrize("patch, expected", [
+    ({}, ("inprocess", False, "")),
+    ({"recovery": "restart", "standbyTrainers": True, "snapshot": {"memory": "8GiB"}}, ("restart", True, "8GiB")),
+    ({"standbyTrainers": True, "snapshot": {"memory": "25%"}}, ("inprocess", True, "25%")),
+])
+def test_coordinator_recovery_flags_parse_as_the_cli_does(patch, expected):
+    """`ftrain coordinator` takes these flags and its JobSettings pass validate()."""
+    from ftrain import cli
+    spec = S.JobSpec.from_dict(job(**patch)["spec"])
+    args = cli.build_parser().parse_args(S.coordinator_command("j", spec)[1:])
+    assert args.func is cli.cmd_coordinator
+    settings = cli._settings(args, args.replace_timeout)
+    assert (settings.recovery, settings.standby_trainers, settings.snapshot_memory) == expected
 
 
 @pytest.mark.parametrize("checkpoint", [{"dir": "/ckpt"}, {"dir": "/ckpt", "everySteps": 0, "everySeconds": 30}])
