@@ -22,7 +22,7 @@ import numpy as np
 
 from ftrain.agent.store import ShardStore
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
-from ftrain.snapshot import dcp, durable
+from ftrain.snapshot import dataplane, dcp, durable
 from ftrain.snapshot.erasure import shard_checksum
 from ftrain.snapshot.rebuild import SnapshotLost, rebuild_blob
 from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
@@ -84,6 +84,9 @@ class CheckpointWriter:
 
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        # rebuilding blobs, writing them and the DCP copy (torch's import and the whole state in
+        # tensors) yield the CPU to this node's trainers, as the shard data plane does
+        dataplane.lower_thread_priority()
         while True:
             order = self._orders.get()
             try:
