@@ -20,9 +20,10 @@ from typing import Callable
 
 import numpy as np
 
+from ftrain.agent.dcp_export import DcpExporter, ExportFailed
 from ftrain.agent.store import ShardStore
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
-from ftrain.snapshot import dataplane, dcp, durable
+from ftrain.snapshot import dataplane, durable
 from ftrain.snapshot.erasure import shard_checksum
 from ftrain.snapshot.rebuild import SnapshotLost, rebuild_blob
 from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
@@ -55,6 +56,7 @@ class CheckpointWriter:
         self._results: list[pb.CheckpointResult] = []
         self._lock = threading.Lock()
         self._fetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftrain-ckpt-fetch")
+        self._exporter = DcpExporter()
         self._thread = threading.Thread(target=self._run, name="ftrain-checkpoint", daemon=True)
         self._thread.start()
 
@@ -81,11 +83,12 @@ class CheckpointWriter:
     def close(self) -> None:
         self._orders.put(None)
         self._fetch.shutdown(wait=False, cancel_futures=True)
+        self._exporter.close()
 
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        # rebuilding blobs, writing them and the DCP copy (torch's import and the whole state in
-        # tensors) yield the CPU to this node's trainers, as the shard data plane does
+        # rebuilding blobs and writing them yield the CPU to this node's trainers, as the shard
+        # data plane does (the DCP copy is written by a helper process at the lowest weight)
         dataplane.lower_thread_priority()
         while True:
             order = self._orders.get()
@@ -126,15 +129,15 @@ class CheckpointWriter:
         if self.on_result is not None:
             self.on_result()
 
-    @staticmethod
-    def _export(directory: str, blob_paths: list[str]) -> str:
-        """The DCP copy of a checkpoint (ftrain.snapshot.dcp). It is an extra: when it cannot be
+    def _export(self, directory: str, blob_paths: list[str]) -> str:
+        """The DCP copy of a checkpoint (ftrain.agent.dcp_export). It is an extra: when it cannot be
         written the checkpoint still completes (`--resume` reads the rank files), with a warning."""
-        try:
-            return dcp.write(directory, blob_paths)
-        except Exception as error:  # torch missing on this node, a full disk, a state DCP refuses...
-            log.warning("checkpoint %s: no DCP copy (%s: %s); the checkpoint itself is complete",
-                        os.path.basename(directory), type(error).__name__, str(error)[:300])
+        size = sum(os.path.getsize(path) for path in blob_paths)
+        try:  # bounded: 2 minutes plus 4 MiB/s of state (the helper runs only on idle CPU)
+            return self._exporter.export(directory, blob_paths, timeout_s=120.0 + size / (4 << 20))
+        except ExportFailed as error:  # torch missing on this node, a full disk, a state DCP refuses...
+            log.warning("checkpoint %s: no DCP copy (%s); the checkpoint itself is complete",
+                        os.path.basename(directory), error)
             return ""
 
     def _read_shard(self, info: pb.BlobInfo, location: pb.ShardLocation) -> np.ndarray:
