@@ -411,3 +411,18 @@ def test_a_first_snapshot_that_does_not_fit_fails_the_job_at_once_saying_why() -
     job.fx(fx)
     assert job.m.job_state == "failed" and "the first snapshot (step 0) does not fit" in job.m.message
     assert "snapshot memory limit" in job.m.message
+
+
+def test_agents_keep_only_the_checkpointed_step_besides_the_newest_while_a_checkpoint_is_written() -> None:
+    job = Job(checkpoint_dir="/ckpt", checkpoint_every=10).running("node0", "node1")
+    for step in range(0, 11):
+        assert job.snapshot("node0", 0, step) and job.snapshot("node1", 1, step)
+    assert job.m.durable is not None and job.m.durable.in_flight is not None
+    assert job.m.durable.in_flight.step == 10  # due, ordered, not yet written
+    for step in range(11, 31):  # the checkpoint takes long: 20 more steps commit meanwhile
+        job.snapshot("node0", 0, step)
+        job.snapshot("node1", 1, step)
+    reply = job.heartbeat("node0")
+    assert reply.min_retained_step == job.m.catalog.min_retained_step() > 20  # not held back to step 10
+    assert list(reply.pinned_steps) == [10]  # only the step being written stays besides the newest
+    assert reply.checkpoint_pending

@@ -49,6 +49,17 @@ def test_put_then_get_returns_the_same_bytes_and_reuses_the_connection(server: S
     client.close()
 
 
+def test_a_pinned_step_outlives_the_retention_bound_and_the_steps_after_it_do_not(server: ShardDataServer) -> None:
+    client = dp.DataPlaneClient(TOKEN, JOB)
+    for step in (1, 2, 3, 4):  # step 1 is being written to a durable checkpoint
+        data = payload(1000, step)
+        client.put(server.address, f"s{step}", 0, step, data, shard_checksum(data))
+    assert server.store.drop_older_than(4, pinned=[1]) == 2
+    assert [step for step in (1, 2, 3, 4) if server.store.get(f"s{step}", 0) is not None] == [1, 4]
+    assert server.store.drop_older_than(4) == 1 and server.store.get("s1", 0) is None  # written: unpinned
+    client.close()
+
+
 def test_evicted_buffers_are_reused_for_same_size_shards(server: ShardDataServer) -> None:
     client = dp.DataPlaneClient(TOKEN, JOB)
     first, second = payload(2**21, 1), payload(2**21, 2)

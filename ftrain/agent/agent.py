@@ -243,8 +243,9 @@ class Agent:
             self.slot, self.generation = response.slot, max(self.generation, response.generation)
             self._checkpoint_pending = response.checkpoint_pending
             if response.min_retained_step > 0 or response.skipped_steps:
-                self.store.drop_older_than(response.min_retained_step, response.skipped_steps)
-                local_copy.prune(self.shm_dir, response.min_retained_step, response.skipped_steps)
+                self.store.drop_older_than(response.min_retained_step, response.skipped_steps, response.pinned_steps)
+                local_copy.prune(self.shm_dir, response.min_retained_step, response.skipped_steps,
+                                 response.pinned_steps)
             for command in response.commands:
                 self._run_command(command)
             for order in response.checkpoint_orders:

@@ -148,11 +148,13 @@ class ShardStore:
         with self._lock:
             return self._shards.get((blob_id, index))
 
-    def drop_older_than(self, min_step: int, skipped: Iterable[int] = ()) -> int:
-        """Drops the shards of steps below `min_step` and of the `skipped` steps (never committed)."""
-        gone = set(skipped)
+    def drop_older_than(self, min_step: int, skipped: Iterable[int] = (), pinned: Iterable[int] = ()) -> int:
+        """Drops the shards of steps below `min_step` (except the `pinned` ones) and of the `skipped`
+        steps (never committed)."""
+        gone, kept = set(skipped), set(pinned)
         with self._lock:
-            old = [key for key, shard in self._shards.items() if shard.step < min_step or shard.step in gone]
+            old = [key for key, shard in self._shards.items()
+                   if (shard.step < min_step and shard.step not in kept) or shard.step in gone]
             for key in old:
                 self._evict(key)
             return len(old)

@@ -67,12 +67,14 @@ def read(directory: str, blob_id: str, size: int, crc32: int) -> np.ndarray | No
     return data if len(data) == size and shard_checksum(data) == crc32 else None
 
 
-def prune(directory: str, min_step: int, skipped: Iterable[int] = ()) -> int:
-    """Removes the blobs of steps below `min_step` and of the `skipped` steps; returns how many."""
-    removed, gone = 0, set(skipped)
+def prune(directory: str, min_step: int, skipped: Iterable[int] = (), pinned: Iterable[int] = ()) -> int:
+    """Removes the blobs of steps below `min_step` (except the `pinned` ones) and of the `skipped`
+    steps; returns how many."""
+    removed, gone, kept = 0, set(skipped), set(pinned)
     for name in os.listdir(directory) if directory and os.path.isdir(directory) else []:
         match = _STEP.match(name)
-        if match and (int(match.group(1)) < min_step or int(match.group(1)) in gone):
+        step = int(match.group(1)) if match else -1
+        if match and ((step < min_step and step not in kept) or step in gone):
             _remove(os.path.join(directory, name))
             removed += 1
     return removed

@@ -85,7 +85,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ..., checkpoint_results: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ..., shard_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders", "checkpoint_pending", "skipped_steps")
+    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders", "checkpoint_pending", "skipped_steps", "pinned_steps")
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     MIN_RETAINED_STEP_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class HeartbeatResponse(_message.Message):
     CHECKPOINT_ORDERS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PENDING_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_STEPS_FIELD_NUMBER: _ClassVar[int]
     job_state: str
     min_retained_step: int
     commands: _containers.RepeatedScalarFieldContainer[str]
@@ -106,7 +107,8 @@ class HeartbeatResponse(_message.Message):
     checkpoint_orders: _containers.RepeatedCompositeFieldContainer[CheckpointOrder]
     checkpoint_pending: bool
     skipped_steps: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    pinned_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ..., pinned_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CheckpointOrder(_message.Message):
     __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep")
