@@ -57,6 +57,7 @@ class CheckpointWriter:
         self._lock = threading.Lock()
         self._fetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftrain-ckpt-fetch")
         self._exporter = DcpExporter()
+        self._exporter.start()  # its torch import runs (at idle priority) while the rank files are written
         self._thread = threading.Thread(target=self._run, name="ftrain-checkpoint", daemon=True)
         self._thread.start()
 

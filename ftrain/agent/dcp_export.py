@@ -47,6 +47,12 @@ class DcpExporter:
         self._process: subprocess.Popen[bytes] | None = None
         self._closed = False
 
+    def start(self) -> None:
+        """Starts the helper ahead of its first copy (its imports then overlap the rank files' writing)."""
+        with self._lock:
+            if not self._closed:
+                self._started()
+
     def export(self, directory: str, blob_paths: list[str], timeout_s: float) -> str:
         """Writes `directory`/dcp from the rank blobs; returns its name ("" when the layout has
         no DCP copy). Raises ExportFailed."""
@@ -162,6 +168,8 @@ def _die_with(parent: int) -> None:
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     """Answers requests until stdin closes."""
     from ftrain.snapshot import dcp
+
+    import torch.distributed.checkpoint  # noqa: F401  (the import, ahead of the first request)
 
     for line in requests:
         reply: dict[str, Any]
