@@ -199,7 +199,8 @@ def test_no_cycle_among_packages() -> None:
 
 PURE = ["ftrain.coordinator.machine", "ftrain.coordinator.membership", "ftrain.coordinator.catalog",
         "ftrain.coordinator.detector", "ftrain.coordinator.finish", "ftrain.coordinator.bugs",
-        "ftrain.coordinator.durable", "ftrain.snapshot.placement", "ftrain.operator.spec"]
+        "ftrain.coordinator.durable", "ftrain.snapshot.placement", "ftrain.snapshot.restore_plan",
+        "ftrain.operator.spec"]
 IMPURE = {"grpc", "threading", "socket", "subprocess", "time", "concurrent", "asyncio", "requests", "kubernetes",
           "prometheus_client", "ftrain.rpc", "ftrain.metrics"}
 

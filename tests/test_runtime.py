@@ -19,11 +19,12 @@ pytestmark = pytest.mark.timeout(240)
 STEPS = 30
 
 
-def launch(tmp_path: Path, name: str, *extra: str, steps: int = STEPS, nodes: int = 3) -> dict:
+def launch(tmp_path: Path, name: str, *extra: str, steps: int = STEPS, nodes: int = 3,
+           script: tuple[str, ...] = ()) -> dict:
     out = tmp_path / f"{name}.pt"
     job = new_job_id(name)
     result = run_ftrain(["launch", "--nodes", str(nodes), "--job-id", job, *extra, "--",
-                         str(SCRIPTS / "ledger_job.py"), "--steps", str(steps), "--out", str(out)], job, timeout=200)
+                         str(SCRIPTS / "ledger_job.py"), "--steps", str(steps), "--out", str(out), *script], job, timeout=200)
     assert result.returncode == 0, result.stdout[-8000:]
     return torch.load(out)
 
@@ -54,6 +55,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_kill_rank_recovers_bit_identical(reference: dict, tmp_path: Path) -> None:
     result = launch(tmp_path, "killrank", "--inject", "kill-rank:1@step=11")
     assert result["generation"] >= 1, "the failure did not happen"
+    assert_identical(reference, result)
+    assert_exactly_once(result)
+
+
+def test_survivors_keep_their_live_state_and_only_the_replacement_receives_it(reference: dict, tmp_path: Path) -> None:
+    # rank 1 dies in the middle of a step (its peers in the gradient all-reduce) after the previous
+    # snapshot committed: the survivors' optimizer steps of the discarded step leave their state as
+    # it was, so they keep it (checksums against every blob match) and only the new rank 1 fetches
+    result = launch(tmp_path, "keep", script=("--die-mid-step", "1@12"))
+    assert result["generation"] == 1, "the failure did not happen"
+    assert result["stats"].get("restores_kept") == 1 and "restores_fetched" not in result["stats"], result["stats"]
     assert_identical(reference, result)
     assert_exactly_once(result)
 

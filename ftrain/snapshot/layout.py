@@ -140,6 +140,26 @@ def _slice_views(tensors: Sequence[torch.Tensor], layout: StateLayout, start: in
     return destinations, sources
 
 
+def slice_checksum(layout: StateLayout, start: int, end: int, tensors: Sequence[torch.Tensor] | None = None,
+                   payload: np.ndarray | None = None) -> int:
+    """CRC-32 of the tensor bytes in [start, end) of the flat layout, alignment padding left out:
+    read from the live `tensors` (GPU ones through host copies), or from a blob's `payload` (its
+    bytes [start, end)). The two are equal when the live tensors hold the blob's bytes."""
+    crc = 0
+    for index, entry in enumerate(layout.entries):
+        lo, hi = max(start, entry.offset), min(end, entry.offset + entry.nbytes)
+        if lo >= hi:
+            continue
+        if payload is not None:
+            piece = payload[lo - start:hi - start]
+        else:
+            assert tensors is not None
+            view = byte_view(tensors[index])[lo - entry.offset:hi - entry.offset]
+            piece = (view if view.device.type == "cpu" else view.cpu()).numpy()
+        crc = shard_checksum(np.ascontiguousarray(piece), crc)
+    return crc
+
+
 def tensors_from_flat(layout: StateLayout, flat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Views of `flat` (uint8, layout.total bytes) as the laid-out tensors (no copy)."""
     views = {}
@@ -212,5 +232,9 @@ def assemble(total: int, pieces: Iterable[tuple[int, np.ndarray]]) -> torch.Tens
 def state_views(meta: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
     """The named tensors of a snapshot whose blobs' meta is `meta` (its "layout" and "total"), put
     together from their (offset, payload) pieces: one piece at 0 for a rank's whole own state."""
-    entries = tuple(TensorEntry(*e) for e in meta["layout"])
-    return tensors_from_flat(StateLayout(entries, meta["total"]), assemble(meta["total"], pieces))
+    return tensors_from_flat(layout_of(meta), assemble(meta["total"], pieces))
+
+
+def layout_of(meta: dict[str, Any]) -> StateLayout:
+    """The state layout a blob's meta records."""
+    return StateLayout(tuple(TensorEntry(*e) for e in meta["layout"]), meta["total"])

@@ -99,6 +99,19 @@ def optimizer_state(views: dict[str, torch.Tensor], opt_meta: dict[str, Any],
     return {"state": state, "param_groups": opt_meta["param_groups"]}
 
 
+def load_optimizer_scalars(optimizer: torch.optim.Optimizer, opt_meta: dict[str, Any]) -> None:
+    """An optimizer's hyperparameters (param_groups) and non-tensor state from a snapshot's meta,
+    its state tensors left as they are (for a rank whose live tensors are the snapshot's)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for group, saved in zip(optimizer.param_groups, opt_meta["param_groups"]):
+        group.update({key: value for key, value in saved.items() if key != "params"})
+    for pid, entry in opt_meta["state"].items():
+        state = optimizer.state[params[int(pid)]]
+        for key, value in entry.items():
+            if value is not None:
+                state[key] = value
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

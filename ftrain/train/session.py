@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Callable, Iterator
 
@@ -39,7 +40,7 @@ from ftrain.snapshot.capture import LocalBlob, SnapshotEngine
 from ftrain.snapshot import dcp, durable
 from ftrain.snapshot.rebuild import SnapshotLost
 from ftrain.snapshot.transfer import AgentPool
-from ftrain.snapshot import local_copy, state as train_state
+from ftrain.snapshot import local_copy, restore_plan, state as train_state
 from ftrain.train import collectives, faults
 from ftrain.textfmt import short_reason
 from ftrain.train.client import CoordinatorClient, JobFailed
@@ -218,7 +219,7 @@ class Session:
         self.reporter = metrics.TrainerReporter("", "", "", 0)  # per-node metrics via the agent (off without one)
         self.use_cuda = any(p.is_cuda for p in model.parameters())
         self._buffer_names = {name for name, b in model.named_buffers()}
-        self._step_hook = optimizer.register_step_pre_hook(lambda *_: self._after_snapshot_copy())
+        self._step_hook = optimizer.register_step_pre_hook(lambda *_: self._before_optimizer_step())
         self._store: Any = None
         self._store_address = ""
         self._members: list[pb.Member] = []
@@ -479,6 +480,18 @@ class Session:
         self.reducer.reduce_zero()
         if self.reducer.error is None:
             self.optimizer.step()
+
+    def _before_optimizer_step(self) -> None:
+        """The optimizer's step pre-hook. In a step that is being discarded (a collective failed:
+        the gradients are this rank's own), the step leaves parameters and optimizer state as they
+        are: their gradients are dropped first, and optimizers skip parameters without one. So a
+        surviving rank still holds the last snapshot's state and keeps it at the restore
+        (ftrain.snapshot.restore_plan) instead of receiving it."""
+        self._after_snapshot_copy()
+        if self.reducer.error is not None:
+            for group in self.optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
 
     def _after_snapshot_copy(self) -> None:
         """GPU state: queue the next write to the state behind the snapshot's side-stream copy (the
@@ -821,16 +834,73 @@ class Session:
         if self._sharded:
             self._restore_own(a)
             return
+        if not a.restore_blobs:
+            raise SnapshotLost(f"no blobs listed for step {a.restore_step}")
+        infos = sorted(a.restore_blobs, key=lambda b: b.producer_rank)
+        plan = restore_plan.plan_restore([restore_plan.BlobSource(
+            info.producer_rank, info.producer_world_size, info.source_rank, info.source_holds_local, bool(info.path))
+            for info in infos], self.world_size)
+        raw: dict[int, np.ndarray] = {}  # producer rank -> the blob's bytes, where this rank read them
         blobs: dict[int, tuple[dict, np.ndarray]] = {}
-        for info in sorted(a.restore_blobs, key=lambda b: b.producer_rank):
-            if info.source_rank == self.rank:
+        if plan.check:
+            lacking = self._check_live_state(a, plan, infos, raw)
+            blobs = {rank: lay.read_blob(data) for rank, data in raw.items()}
+            if not lacking:
+                self._restore_live(a, blobs[self.rank][0])
+                return
+            if restore_plan.fetch_instead(len(lacking), self.world_size):
+                if self.rank not in lacking:
+                    self._restore_live(a, blobs[self.rank][0])
+                    return
+                blobs.update(self._fetch_blobs(a, [info for info in infos if info.producer_rank not in blobs]))
+                self.stats["restores_fetched"] = self.stats.get("restores_fetched", 0) + 1
+                self._load_blobs(a, blobs)
+                return
+        for info in infos:
+            if info.producer_rank in raw:  # read for the check already
+                tensor = torch.from_numpy(np.ascontiguousarray(raw[info.producer_rank]))
+            elif info.source_rank == self.rank:
                 tensor = torch.from_numpy(np.ascontiguousarray(self._blob_bytes(a, info)))
             else:
                 tensor = torch.empty(info.raw_size or info.size, dtype=torch.uint8)
             self._group.broadcast(tensor, info.source_rank, f"restore of {info.blob_id}")
             blobs[info.producer_rank] = lay.read_blob(tensor.numpy())
-        if not blobs:
-            raise SnapshotLost(f"no blobs listed for step {a.restore_step}")
+        self.stats["restores_broadcast"] = self.stats.get("restores_broadcast", 0) + 1
+        self._load_blobs(a, blobs)
+
+    def _check_live_state(self, a: pb.GenerationAssignment, plan: restore_plan.RestorePlan,
+                          infos: list[pb.BlobInfo], raw: dict[int, np.ndarray]) -> set[int]:
+        """Steps 1-2 of ftrain.snapshot.restore_plan: reads the blobs this rank is the source of
+        (into `raw`), shares their checksums, checks its live tensors against all of them if it
+        is a candidate, and returns the ranks that lack the state (the same set on every rank)."""
+        assert self._group is not None
+        sums = torch.zeros(len(infos), dtype=torch.int64)  # CRC + 1 from the source rank, 0 from the others
+        for index, info in enumerate(infos):
+            if info.source_rank == self.rank:
+                raw[info.producer_rank] = self._blob_bytes(a, info)
+                meta, payload = lay.read_blob(raw[info.producer_rank])
+                start, end = meta["slice"]
+                sums[index] = lay.slice_checksum(lay.layout_of(meta), start, end, payload=payload) + 1
+        self._group.allreduce(sums, "restore checksums")
+        holds = False
+        if self.rank in plan.candidates and self.rank in raw:
+            named = self._replicated()[0]
+            layout, tensors = self._layout(named), [t for _, t in named]
+            meta = lay.read_blob(raw[self.rank])[0]
+            holds = (meta["total"] == layout.total and [tuple(e) for e in meta["layout"]] ==
+                     [tuple(e) for e in layout.manifest] and all(
+                         int(sums[index]) - 1 == lay.slice_checksum(
+                             layout, *lay.slice_bounds(layout.total, self.world_size, info.producer_rank),
+                             tensors=tensors) for index, info in enumerate(infos)))
+            if not holds:
+                log.info("rank %d: its live state is not that of step %d (written to since)", self.rank,
+                         a.restore_step)
+        flags = torch.zeros(self.world_size, dtype=torch.int64)
+        flags[self.rank] = 0 if holds else 1
+        self._group.allreduce(flags, "restore plan")
+        return {rank for rank in range(self.world_size) if int(flags[rank])}
+
+    def _load_blobs(self, a: pb.GenerationAssignment, blobs: dict[int, tuple[dict, np.ndarray]]) -> None:
         first_meta = blobs[min(blobs)][0]
         views = lay.state_views(first_meta, [(meta["slice"][0], payload) for meta, payload in blobs.values()])
         old_world = first_meta["world_size"]
@@ -840,6 +910,26 @@ class Session:
         self.module.load_state_dict(model_state)
         self.optimizer.load_state_dict(train_state.optimizer_state(views, first_meta["optimizer"]))
         self._restore_common(a, first_meta, own[0])
+
+    def _fetch_blobs(self, a: pb.GenerationAssignment, infos: list[pb.BlobInfo]) -> dict[int, tuple[dict, np.ndarray]]:
+        """The restore step's blobs from this process's memory or the agents, several at once."""
+        if len(infos) <= 1:
+            return {info.producer_rank: lay.read_blob(self._blob_bytes(a, info)) for info in infos}
+        with ThreadPoolExecutor(max_workers=min(8, len(infos)), thread_name_prefix="ftrain-restore") as pool:
+            fetched = list(pool.map(lambda info: lay.read_blob(self._blob_bytes(a, info)), infos))
+        return {info.producer_rank: blob for info, blob in zip(infos, fetched)}
+
+    def _restore_live(self, a: pb.GenerationAssignment, meta: dict) -> None:
+        """This rank's tensors are the restore step's: only the buffers, the optimizer's
+        hyperparameters and non-tensor state, and the per-rank state come from its own blob."""
+        with torch.no_grad():
+            for name, value in meta.get("buffers", {}).items():
+                self.module.get_buffer(name).copy_(value)
+        train_state.load_optimizer_scalars(self.optimizer, meta["optimizer"])
+        self.stats["restores_kept"] = self.stats.get("restores_kept", 0) + 1
+        log.info("rank %d kept its live state of step %d (checksums match); nothing was sent to it",
+                 self.rank, a.restore_step)
+        self._restore_common(a, meta, meta)
 
     # -- watcher and faults ------------------------------------------------------------------
     def _start_pulse(self) -> None:

@@ -5,6 +5,8 @@ checks that the batch it was handed is exactly its part of the global batch.
 """
 import argparse
 import collections
+import os
+import signal
 import time
 
 import torch
@@ -34,6 +36,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--hidden", type=int, default=32, help="hidden width (a larger state)")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep per step (slows the job)")
+    parser.add_argument("--die-mid-step", default="", metavar="RANK@STEP",
+                        help="that rank SIGKILLs itself in the middle of that step of generation 0, after its "
+                             "previous snapshot committed, while its peers are in the step's gradient all-reduce")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -49,6 +54,10 @@ def main() -> None:
         parts = session.global_batch_indices()
         assert ids.tolist() == parts[session.rank], (ids.tolist(), parts[session.rank])
         loss = nn.functional.cross_entropy(session.model(features), labels)
+        if args.die_mid_step and session.generation == 0 and \
+                args.die_mid_step == f"{session.rank}@{step}":
+            time.sleep(1.5)  # the previous step's snapshot commits meanwhile
+            os.kill(os.getpid(), signal.SIGKILL)
         loss.backward()
         if args.step_sleep:
             time.sleep(args.step_sleep)
@@ -62,7 +71,7 @@ def main() -> None:
         torch.save({"params": {k: v.clone() for k, v in model.state_dict().items()}, "ledger": dict(ledger.counts), "world_sizes": ledger.world_sizes,
                     "batch_size": args.batch_size,
                     "world_size": session.world_size, "generation": session.generation, "step": session.step,
-                    "resumed_from": session.resumed_from,
+                    "resumed_from": session.resumed_from, "stats": dict(session.stats),
                     "samples": args.samples}, args.out)
     session.finish()
 
