@@ -17,6 +17,11 @@ the top of step --kill-step, in one invocation, alternating in --rounds:
       restore+first step = "recovered" - that "generation" event
     "restart, standby" and "in-process, standby" are the same with `--standby-trainers`: each agent
     keeps a process per local rank with torch imported and turns it into the replacement trainer.
+    "in-process, mid-step" and "mid-step, standby" kill rank 1 in the middle of step S instead (the
+    job's --die-mid-step: after its forward pass, 1 s into the step, so step S-1's snapshot has
+    committed), while its peers wait in the gradient all-reduce. Their optimizer steps of the
+    discarded step change nothing, so they keep their live state and only the replacement fetches
+    the blobs from the agents (ftrain.snapshot.restore_plan); the kill is the job's "kill" mark.
 (3) torchrun + DCP: `python -m torch.distributed.run --nproc-per-node N --max-restarts 1
     --monitor-interval 0.1` with the static rendezvous on 127.0.0.1 (as benchmarks/step_overhead.py),
     the same script with its own DDP, dcp.save of model + optimizer every --dcp-every steps to a temp
@@ -74,9 +79,10 @@ from jobs import figure, free_port, kill_group
 
 JOB = str(Path(__file__).resolve().parent / "restart_job.py")
 ROOT = str(Path(__file__).resolve().parent.parent)
-MODES = ("restart", "restart-standby", "inprocess", "inprocess-standby", "torchrun")
+MODES = ("restart", "restart-standby", "inprocess", "inprocess-standby", "midstep", "midstep-standby", "torchrun")
 LABELS = {"restart": "ftrain restart (DDP)", "restart-standby": "restart, standby", "inprocess": "ftrain in-process",
-          "inprocess-standby": "in-process, standby", "torchrun": "torchrun + DCP"}
+          "inprocess-standby": "in-process, standby", "midstep": "in-process, mid-step",
+          "midstep-standby": "mid-step, standby", "torchrun": "torchrun + DCP"}
 STAGES = ("start", "import", "group", "model", "wrap", "optimizer", "restore", "first step", "commit")
 MARKS = {"start": "process", "import": "imported", "group": "group", "model": "built", "wrap": "wrapped",
          "optimizer": "optimizer", "restore": "restored"}
@@ -178,18 +184,23 @@ def back_at(marks: list[dict], kill_step: int, after: float, t0: float) -> float
 def run_ftrain(mode: str, mib: float, args: argparse.Namespace, env: dict[str, str], workdir: Path) -> dict:
     job = f"bench-restart-{uuid.uuid4().hex[:8]}"
     events_path, timeline = workdir / f"{job}.events.jsonl", workdir / f"{job}.timeline.jsonl"
+    midstep = mode.startswith("midstep")
     command = [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.nodes), "--job-id", job,
-               "--snapshot-every", "1", "--inject", f"kill-rank:1@step={args.kill_step}",
-               "--events-file", str(events_path), "--timeout", str(args.timeout)]
+               "--snapshot-every", "1", "--events-file", str(events_path), "--timeout", str(args.timeout)]
+    if not midstep:
+        command += ["--inject", f"kill-rank:1@step={args.kill_step}"]
     if mode.startswith("restart"):
         command += ["--recovery", "restart"]
     if mode.endswith("-standby"):  # the replacement trainers start from standby processes (torch imported)
         command += ["--standby-trainers"]
     command += ["--", JOB, *job_args(mib, args, timeline)]
+    if midstep:  # rank 1 kills itself in the middle of the step, its peers in the gradient all-reduce
+        command += ["--kill-step", str(args.kill_step), "--kill-rank", "1", "--die-mid-step"]
     run_job(command, env, workdir / f"{job}.log", args.timeout + 30, marker=job)
     events = read_jsonl(events_path)
     try:
-        inject = next(e for e in events if e["kind"] == "inject")
+        inject = (next({"time": m["t"]} for m in read_jsonl(timeline) if m["kind"] == "kill") if midstep
+                  else next(e for e in events if e["kind"] == "inject"))
         failure = next(e for e in events
                        if e["kind"] in ("failure", "collective-failed") and e["time"] >= inject["time"])
         generation = next(e for e in events if e["kind"] == "generation" and e["time"] >= failure["time"])

@@ -64,6 +64,10 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=1, help="ftrain.init(snapshot_every=); 0 = 10**9")
     parser.add_argument("--kill-step", type=int, default=-1, help="torchrun: rank --kill-rank dies here")
     parser.add_argument("--kill-rank", type=int, default=1)
+    parser.add_argument("--die-mid-step", action="store_true",
+                        help="ftrain in-process: rank --kill-rank SIGKILLs itself after the forward pass of step "
+                             "--kill-step of generation 0 (1 s after the step began, so the previous snapshot "
+                             "commits), its peers waiting in the gradient all-reduce")
     parser.add_argument("--dcp-every", type=int, default=10)
     parser.add_argument("--dcp-dir", default="")
     args = parser.parse_args()
@@ -143,7 +147,13 @@ def main() -> None:
             started, counted = ended, 0
         optimizer.zero_grad()
         x, y = batch(step, rank, args.batch_size, width)
-        nn.functional.mse_loss(net(x), y).backward()
+        loss = nn.functional.mse_loss(net(x), y)
+        if args.die_mid_step and session is not None and session.generation == 0 and rank == args.kill_rank \
+                and step == args.kill_step:
+            time.sleep(1.0)
+            timeline.mark("kill", step=step)
+            os.kill(os.getpid(), signal.SIGKILL)
+        loss.backward()
         optimizer.step()
         counted += 1 if started else 0
         ended = time.perf_counter()
