@@ -29,10 +29,8 @@ def test_errors_come_back_as_messages_and_a_stuck_copy_is_killed_at_its_bound(tm
             exporter.export(str(tmp_path), [str(tmp_path / "no-such.blob")], timeout_s=60)
         pid = exporter.pid
         assert pid is not None  # the same helper answers the next request
-        if hasattr(os, "SCHED_IDLE"):
-            assert os.sched_getscheduler(pid) == os.SCHED_IDLE
         assert os.getpriority(os.PRIO_PROCESS, pid) == 19
-        assert os.getsid(pid) == pid  # a session (and autogroup) of its own
+        assert os.getsid(pid) == os.getsid(0)  # the agent's session: it competes with this node's trainers only
         fifo = tmp_path / "stuck.blob"
         os.mkfifo(fifo)  # reading it blocks forever: a hung disk
         began = time.monotonic()

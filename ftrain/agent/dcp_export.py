@@ -1,14 +1,15 @@
-"""The DCP copy of a durable checkpoint, written by a helper process at the lowest CPU weight.
+"""The DCP copy of a durable checkpoint, written by a low-priority helper process.
 
 Writing the copy (ftrain.snapshot.dcp: reading the rank files back, rebuilding the state's
 tensors, `torch.distributed.checkpoint.save`) costs about 2 s of CPU per 400 MiB. In the agent's
-own process it held the GIL against the agent's shard data plane and heartbeats, and a niced
-thread still counts at full weight where the kernel groups CPU time by session (autogroup, the
-default on Debian and Ubuntu kernels): every node's trainers then lose CPU to it. So the agent
-hands the copy to one long-lived helper (`python -m ftrain.agent.dcp_export`), started on the
-first checkpoint: in a session of its own, whose autogroup it sets to nice 19, and with the
-SCHED_IDLE policy, so it runs only on CPU time no trainer wants. It dies with the agent
-(PR_SET_PDEATHSIG) and is killed by `close`.
+own process it held the GIL against the agent's shard data plane and heartbeats. So the agent
+hands the copy to one long-lived helper (`python -m ftrain.agent.dcp_export`), started with the
+checkpoint writer, at nice 19 (FTRAIN_SNAPSHOT_NICE): it takes the node's CPU while the node's
+trainers wait (in a collective, for data) and yields it when they run. It stays in the agent's
+session, so where the kernel shares CPU between sessions (autogroup) it competes with this
+node's trainers only, and a kill of the node's process group takes it too; it also dies with the
+agent (PR_SET_PDEATHSIG) and is killed by `close`. (SCHED_IDLE in a session of its own was tried:
+on a node whose CPUs are all busy a checkpoint then almost never completed.)
 
 Requests and replies are one JSON line each over its stdin/stdout:
 `{"dir": D, "blobs": [...]}` -> `{"name": "dcp"}` (or `""` for a layout with no copy) or
@@ -99,8 +100,8 @@ class DcpExporter:
             return self._process
         self._process = subprocess.Popen(
             [sys.executable, "-m", "ftrain.agent.dcp_export", str(os.getpid()), str(self.nice)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-        log.info("checkpoint: DCP copies are written by helper process %d (nice %d, idle policy)",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        log.info("checkpoint: DCP copies are written by helper process %d (nice %d)",
                  self._process.pid, self.nice)
         return self._process
 
@@ -136,24 +137,14 @@ def _read_line(stream: IO[bytes], deadline: float) -> bytes | None:
 
 # -- the helper process ------------------------------------------------------------------------
 def lower_priority(nice: int) -> None:
-    """This process yields all CPU to the node's trainers: its (new) session's autogroup at
-    `nice`, its own nice value, and SCHED_IDLE where the kernel allows them."""
+    """This process yields the CPU to the node's trainers: nice `nice` (in the agent's session, so
+    its autogroup, it competes with this node's trainers only, and gets the CPU while they wait)."""
     if nice <= 0:
         return
-    try:
-        with open("/proc/self/autogroup", "w", encoding="ascii") as handle:
-            handle.write(str(nice))
-    except OSError:
-        pass  # no autogroup (a kernel without it, or a cgroup-managed container): nice applies there
     try:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError:
         pass
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
 
 
 def _die_with(parent: int) -> None:

@@ -11,11 +11,12 @@ tensors match every blob's payload; whatever wrote to them since makes it lack t
    `source_rank`: the producer when it survives, else a rank that reads it from the agents), so
    the check costs no transfer beyond what a broadcast restore reads anyway.
 2. Every rank says whether it holds the state (one small all-reduce).
-3. Nobody lacks it: nothing moves. A minority lacks it (replacements): they fetch the blobs from
-   the agents themselves, several at once, and nothing is sent to the others. Most lack it (the
+3. Nobody lacks it: nothing moves. A minority lacks it (replacements): each blob goes from its
+   source rank to each of them, point to point and all at once (a survivor's own blob from its
+   memory: it may be the only good copy left), and nothing is sent to the others. Most lack it (the
    newest snapshot had not committed, so the survivors had moved past it): one broadcast per blob,
    from its source rank, as a restore from a durable checkpoint or onto another world size always
-   does (that many fetches from the agents would cost more).
+   does.
 """
 from __future__ import annotations
 
@@ -52,6 +53,6 @@ def plan_restore(blobs: Sequence[BlobSource], world_size: int) -> RestorePlan:
 
 
 def fetch_instead(lacking: int, world_size: int) -> bool:
-    """The ranks that lack the state fetch it from the agents (True) rather than everyone taking
+    """The ranks that lack the state receive it point to point (True) rather than everyone taking
     part in a broadcast (False)."""
     return 0 < lacking and 2 * lacking <= world_size

@@ -197,6 +197,28 @@ class Group:
     def allreduce(self, tensor: torch.Tensor, what: str = "all-reduce") -> None:
         self.wait(self.pg.allreduce([tensor]), what)
 
+    def send(self, tensor: torch.Tensor, dst: int, tag: int) -> torch.distributed.Work:
+        """Posts a point-to-point send (finish it with `wait_p2p`)."""
+        return self.pg.send([tensor], dst, tag)
+
+    def recv(self, tensor: torch.Tensor, src: int, tag: int) -> torch.distributed.Work:
+        """Posts a point-to-point receive (finish it with `wait_p2p`)."""
+        return self.pg.recv([tensor], src, tag)
+
+    def wait_p2p(self, work: torch.distributed.Work, what: str) -> None:
+        """Waits for a send or receive. gloo's point-to-point work says it is complete only once
+        waited on, so this blocks in `wait()`, bounded by the group's timeout (a lost peer's closed
+        connection fails it at once), instead of polling as `wait` does."""
+        if self.abandoned():
+            raise CollectiveError(f"{what} abandoned: the generation moved on")
+        self.waiting_since = time.monotonic()
+        try:
+            work.wait()
+        except RuntimeError as error:
+            raise CollectiveError(f"{what} failed: {short_reason(str(error))}") from None
+        finally:
+            self.waiting_since = None
+
     def broadcast(self, tensor: torch.Tensor, root: int, what: str = "broadcast") -> None:
         options = BroadcastOptions()
         options.rootRank = root

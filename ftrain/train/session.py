@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Callable, Iterator
 
@@ -849,11 +848,12 @@ class Session:
                 self._restore_live(a, blobs[self.rank][0])
                 return
             if restore_plan.fetch_instead(len(lacking), self.world_size):
+                received = self._send_to_lacking(infos, raw, lacking)
                 if self.rank not in lacking:
                     self._restore_live(a, blobs[self.rank][0])
                     return
-                blobs.update(self._fetch_blobs(a, [info for info in infos if info.producer_rank not in blobs]))
-                self.stats["restores_fetched"] = self.stats.get("restores_fetched", 0) + 1
+                blobs.update({rank: lay.read_blob(data) for rank, data in received.items()})
+                self.stats["restores_received"] = self.stats.get("restores_received", 0) + 1
                 self._load_blobs(a, blobs)
                 return
         for info in infos:
@@ -911,13 +911,31 @@ class Session:
         self.optimizer.load_state_dict(train_state.optimizer_state(views, first_meta["optimizer"]))
         self._restore_common(a, first_meta, own[0])
 
-    def _fetch_blobs(self, a: pb.GenerationAssignment, infos: list[pb.BlobInfo]) -> dict[int, tuple[dict, np.ndarray]]:
-        """The restore step's blobs from this process's memory or the agents, several at once."""
-        if len(infos) <= 1:
-            return {info.producer_rank: lay.read_blob(self._blob_bytes(a, info)) for info in infos}
-        with ThreadPoolExecutor(max_workers=min(8, len(infos)), thread_name_prefix="ftrain-restore") as pool:
-            fetched = list(pool.map(lambda info: lay.read_blob(self._blob_bytes(a, info)), infos))
-        return {info.producer_rank: blob for info, blob in zip(infos, fetched)}
+    def _send_to_lacking(self, infos: list[pb.BlobInfo], raw: dict[int, np.ndarray],
+                         lacking: set[int]) -> dict[int, np.ndarray]:
+        """Step 3 of ftrain.snapshot.restore_plan for a minority that lacks the state: each blob
+        goes from its source rank (which read it for the check: its producer's memory, or the
+        agents) to every rank that lacks it, point to point and all at once; nothing goes to the
+        others. Returns the blobs this rank received."""
+        assert self._group is not None
+        works: list[tuple[torch.distributed.Work, str]] = []
+        received: dict[int, np.ndarray] = {}
+        kept: list[torch.Tensor] = []  # alive until every transfer is done
+        for tag, info in enumerate(infos):
+            for rank in sorted(lacking - {info.source_rank}):
+                if self.rank == info.source_rank:
+                    tensor = torch.from_numpy(np.ascontiguousarray(raw[info.producer_rank]))
+                    kept.append(tensor)
+                    works.append((self._group.send(tensor, rank, tag), f"restore of {info.blob_id} to rank {rank}"))
+                elif self.rank == rank:
+                    buffer = np.empty(info.raw_size or info.size, dtype=np.uint8)
+                    kept.append(torch.from_numpy(buffer))
+                    works.append((self._group.recv(kept[-1], info.source_rank, tag),
+                                  f"restore of {info.blob_id} from rank {info.source_rank}"))
+                    received[info.producer_rank] = buffer
+        for work, what in works:
+            self._group.wait_p2p(work, what)
+        return received
 
     def _restore_live(self, a: pb.GenerationAssignment, meta: dict) -> None:
         """This rank's tensors are the restore step's: only the buffers, the optimizer's
