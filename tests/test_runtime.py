@@ -62,10 +62,10 @@ def test_kill_rank_recovers_bit_identical(reference: dict, tmp_path: Path) -> No
 def test_survivors_keep_their_live_state_and_only_the_replacement_receives_it(reference: dict, tmp_path: Path) -> None:
     # rank 1 dies in the middle of a step (its peers in the gradient all-reduce) after the previous
     # snapshot committed: the survivors' optimizer steps of the discarded step leave their state as
-    # it was, so they keep it (checksums against every blob match) and only the new rank 1 fetches
+    # it was, so they keep it (checksums against every blob match) and only the new rank 1 receives
     result = launch(tmp_path, "keep", script=("--die-mid-step", "1@12"))
     assert result["generation"] == 1, "the failure did not happen"
-    assert result["stats"].get("restores_kept") == 1 and "restores_fetched" not in result["stats"], result["stats"]
+    assert result["stats"].get("restores_kept") == 1 and "restores_broadcast" not in result["stats"], result["stats"]
     assert_identical(reference, result)
     assert_exactly_once(result)
 
