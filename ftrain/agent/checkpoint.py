@@ -57,7 +57,7 @@ class CheckpointWriter:
         self._lock = threading.Lock()
         self._fetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftrain-ckpt-fetch")
         self._exporter = DcpExporter()
-        self._exporter.start()  # its torch import runs (at idle priority) while the rank files are written
+        self._exporter.start()  # its torch import runs (at low priority) while the rank files are written
         self._thread = threading.Thread(target=self._run, name="ftrain-checkpoint", daemon=True)
         self._thread.start()
 
@@ -89,7 +89,7 @@ class CheckpointWriter:
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         # rebuilding blobs and writing them yield the CPU to this node's trainers, as the shard
-        # data plane does (the DCP copy is written by a helper process at the lowest weight)
+        # data plane does (the DCP copy is written by a helper process at the same low priority)
         dataplane.lower_thread_priority()
         while True:
             order = self._orders.get()
@@ -134,7 +134,7 @@ class CheckpointWriter:
         """The DCP copy of a checkpoint (ftrain.agent.dcp_export). It is an extra: when it cannot be
         written the checkpoint still completes (`--resume` reads the rank files), with a warning."""
         size = sum(os.path.getsize(path) for path in blob_paths)
-        try:  # bounded: 2 minutes plus 4 MiB/s of state (the helper runs only on idle CPU)
+        try:  # bounded: 2 minutes plus 4 MiB/s of state (the helper yields the CPU to trainers)
             return self._exporter.export(directory, blob_paths, timeout_s=120.0 + size / (4 << 20))
         except ExportFailed as error:  # torch missing on this node, a full disk, a state DCP refuses...
             log.warning("checkpoint %s: no DCP copy (%s); the checkpoint itself is complete",

@@ -82,7 +82,7 @@ class DcpExporter:
 
     @property
     def pid(self) -> int | None:
-        """The helper's pid while it runs (it is started by the first `export`)."""
+        """The helper's pid while it runs (started by `start` or the first `export`)."""
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 

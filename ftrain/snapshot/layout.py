@@ -15,7 +15,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -129,14 +129,20 @@ def _copy_pieces(destinations: list[torch.Tensor], sources: list[torch.Tensor], 
             destination.copy_(source, non_blocking=non_blocking)
 
 
+def _pieces(layout: StateLayout, start: int, end: int) -> Iterator[tuple[int, TensorEntry, int, int]]:
+    """(tensor index, entry, lo, hi) of each tensor's bytes [lo, hi) within [start, end) of the flat layout."""
+    for index, entry in enumerate(layout.entries):
+        lo, hi = max(start, entry.offset), min(end, entry.offset + entry.nbytes)
+        if lo < hi:
+            yield index, entry, lo, hi
+
+
 def _slice_views(tensors: Sequence[torch.Tensor], layout: StateLayout, start: int, end: int,
                  out: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     destinations, sources = [], []
-    for entry, tensor in zip(layout.entries, tensors):
-        lo, hi = max(start, entry.offset), min(end, entry.offset + entry.nbytes)
-        if lo < hi:
-            sources.append(byte_view(tensor)[lo - entry.offset:hi - entry.offset])
-            destinations.append(out[lo - start:hi - start])
+    for index, entry, lo, hi in _pieces(layout, start, end):
+        sources.append(byte_view(tensors[index])[lo - entry.offset:hi - entry.offset])
+        destinations.append(out[lo - start:hi - start])
     return destinations, sources
 
 
@@ -146,10 +152,7 @@ def slice_checksum(layout: StateLayout, start: int, end: int, tensors: Sequence[
     read from the live `tensors` (GPU ones through host copies), or from a blob's `payload` (its
     bytes [start, end)). The two are equal when the live tensors hold the blob's bytes."""
     crc = 0
-    for index, entry in enumerate(layout.entries):
-        lo, hi = max(start, entry.offset), min(end, entry.offset + entry.nbytes)
-        if lo >= hi:
-            continue
+    for index, entry, lo, hi in _pieces(layout, start, end):
         if payload is not None:
             piece = payload[lo - start:hi - start]
         else:

@@ -842,8 +842,7 @@ class Session:
         raw: dict[int, np.ndarray] = {}  # producer rank -> the blob's bytes, where this rank read them
         blobs: dict[int, tuple[dict, np.ndarray]] = {}
         if plan.check:
-            lacking = self._check_live_state(a, plan, infos, raw)
-            blobs = {rank: lay.read_blob(data) for rank, data in raw.items()}
+            lacking = self._check_live_state(a, plan, infos, raw, blobs)
             if not lacking:
                 self._restore_live(a, blobs[self.rank][0])
                 return
@@ -869,24 +868,25 @@ class Session:
         self._load_blobs(a, blobs)
 
     def _check_live_state(self, a: pb.GenerationAssignment, plan: restore_plan.RestorePlan,
-                          infos: list[pb.BlobInfo], raw: dict[int, np.ndarray]) -> set[int]:
+                          infos: list[pb.BlobInfo], raw: dict[int, np.ndarray],
+                          blobs: dict[int, tuple[dict, np.ndarray]]) -> set[int]:
         """Steps 1-2 of ftrain.snapshot.restore_plan: reads the blobs this rank is the source of
-        (into `raw`), shares their checksums, checks its live tensors against all of them if it
+        (their bytes into `raw`, parsed into `blobs`), shares their checksums, checks its live tensors against all of them if it
         is a candidate, and returns the ranks that lack the state (the same set on every rank)."""
         assert self._group is not None
         sums = torch.zeros(len(infos), dtype=torch.int64)  # CRC + 1 from the source rank, 0 from the others
         for index, info in enumerate(infos):
             if info.source_rank == self.rank:
                 raw[info.producer_rank] = self._blob_bytes(a, info)
-                meta, payload = lay.read_blob(raw[info.producer_rank])
+                meta, payload = blobs[info.producer_rank] = lay.read_blob(raw[info.producer_rank])
                 start, end = meta["slice"]
                 sums[index] = lay.slice_checksum(lay.layout_of(meta), start, end, payload=payload) + 1
         self._group.allreduce(sums, "restore checksums")
         holds = False
-        if self.rank in plan.candidates and self.rank in raw:
+        if self.rank in plan.candidates and self.rank in blobs:
             named = self._replicated()[0]
             layout, tensors = self._layout(named), [t for _, t in named]
-            meta = lay.read_blob(raw[self.rank])[0]
+            meta = blobs[self.rank][0]
             holds = (meta["total"] == layout.total and [tuple(e) for e in meta["layout"]] ==
                      [tuple(e) for e in layout.manifest] and all(
                          int(sums[index]) - 1 == lay.slice_checksum(
