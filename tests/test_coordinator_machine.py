@@ -426,3 +426,46 @@ def test_agents_keep_only_the_checkpointed_step_besides_the_newest_while_a_check
     assert reply.min_retained_step == job.m.catalog.min_retained_step() > 20  # not held back to step 10
     assert list(reply.pinned_steps) == [10]  # only the step being written stays besides the newest
     assert reply.checkpoint_pending
+
+
+def _restore_fails(job: Job, node: str, rank: int) -> None:
+    generation = job.m.plan.generation.number if job.m.plan else -1
+    job.fx(job.m.on_failure_report(job.now, pb.FailureReport(
+        trainer_uid=job.uid(node), generation=generation, rank=rank, restore_failed=True,
+        reason="snapshot lost: blob s9-r1: 2 of 3 shards failed their checksum, needs 2")))
+
+
+def test_a_step_whose_restore_keeps_failing_is_given_up_for_the_previous_committed_one() -> None:
+    job = Job().running("node0", "node1")
+    for step in (8, 9):
+        job.snapshot("node0", 0, step), job.snapshot("node1", 1, step)
+    job.fx(job.m.on_failure_report(job.now, pb.FailureReport(generation=0, rank=1, reason="peer closed")))
+    job.at(1.0)
+    assert {a.restore_step for a in job.form("node0", "node1").values()} == {9}
+    _restore_fails(job, "node1", 1)
+    _restore_fails(job, "node1", 1)  # the same generation twice counts once
+    assert job.m.membership.pending and job.m.catalog.committed_steps == [8, 9]
+    job.at(1.5)
+    assert {a.restore_step for a in job.form("node0", "node1").values()} == {9}  # one more try of step 9
+    _restore_fails(job, "node0", 0)
+    assert job.m.catalog.committed_steps == [8] and job.m.job_state == "running"
+    assert job.kinds().count("restore-failed") == 2 and job.kinds().count("snapshot-unusable") == 1
+    job.at(2.0)
+    assignments = job.form("node0", "node1")
+    assert {a.restore_step for a in assignments.values()} == {8}
+    assert [b.blob_id for b in assignments["node0"].restore_blobs] == ["s8-r0", "s8-r1"]
+
+
+def test_the_job_fails_saying_why_when_no_restorable_step_is_left() -> None:
+    job = Job().running("node0", "node1")
+    job.snapshot("node0", 0, 9), job.snapshot("node1", 1, 9)
+    job.fx(job.m.on_failure_report(job.now, pb.FailureReport(generation=0, rank=0, reason="peer closed")))
+    for attempt in range(2):
+        job.at(1.0 + attempt)
+        job.form("node0", "node1")
+        _restore_fails(job, "node1", 1)
+    assert job.m.job_state == "failed"
+    assert job.m.message.startswith("unrecoverable: the snapshot of step 9 could not be restored in 2 generations")
+    assert "2 of 3 shards failed their checksum" in job.m.message and "no older committed step" in job.m.message
+    assignment = job.join("node0")
+    assert assignment is not None and assignment.status == "failed"

@@ -57,6 +57,22 @@ def test_corrupted_shard_is_detected_and_rebuilt_from_parity(tmp_path: Path) -> 
     assert_identical(reference, result)
 
 
+def test_a_blob_corrupted_beyond_parity_fails_the_job_saying_why_instead_of_re_forming_forever(
+        tmp_path: Path) -> None:
+    """Two of the three shards of rank 2's blob go bad (every step from 8 on), then node 2 dies: no
+    committed step can be rebuilt. Each is tried in two generations, given up, and the job ends
+    with one clear message (it used to re-form thousands of times a second)."""
+    nodes = [f"node{i}" for i in range(4)]
+    holders = place_blobs(nodes, nodes, 2, 1)[2][:2]  # the nodes holding data shards 0 and 1 of rank 2's blob
+    _, output = launch(tmp_path, "corrupt2", 4, "--ec", "2+1", "--inject", f"corrupt-shard:{nodes.index(holders[0])}"
+                       f"@step=8", "--inject", f"corrupt-shard:{nodes.index(holders[1])}@step=8", "--inject",
+                       "kill-node:2@step=14", expect=1)
+    assert "could not be restored in 2 generations" in output and "no older committed step" in output, \
+        output[-4000:]
+    assert output.count("giving up step") == 1, output[-4000:]  # the newer kept step first, then the older one
+    assert output.count("generation") < 200, output[-4000:]
+
+
 # ledger_job.py --hidden 16384: Linear(12, 16384) + Linear(16384, 2), float32; Adam's two moments
 # appear at the first step, so every snapshot after step 0 holds 3x the bytes of step 0's
 WIDE = ("--hidden", "16384")

@@ -81,6 +81,10 @@ class Catalog:
     def committed_steps(self) -> list[int]:
         return sorted(self._committed)
 
+    def discard(self, step: int) -> None:
+        """A committed step that cannot be restored is given up (recovery restores an older one)."""
+        self._committed.pop(step, None)
+
     def blobs(self, step: int) -> list[BlobRecord]:
         return list(self._committed.get(step, []))
 

@@ -34,6 +34,9 @@ from ftrain.snapshot.placement import effective_code
 from ftrain.textfmt import restore_phrase, short_reason, survives
 
 
+RESTORE_ATTEMPTS = 2  # generations whose restore of a step failed before the step is given up
+
+
 @dataclass
 class Event:
     kind: str
@@ -151,6 +154,7 @@ class CoordinatorMachine:
         self.shard_limit: dict[str, int] = {}  # node -> its agent's snapshot memory limit (heartbeats)
         self.skips_since_commit = 0  # snapshots skipped (agents' memory full) since the newest commit
         self.resume: durable_files.Checkpoint | None = None  # the durable checkpoint this job started from
+        self.restore_failures: dict[int, set[int]] = {}  # step -> generations whose restore of it failed
         # the newest complete checkpoint of this job found in --checkpoint-dir at start (not resumed
         # from): after a coordinator restart, the durable tier goes on from it (see _ingest_held_shards)
         self.durable_found: durable_files.Checkpoint | None = None
@@ -339,6 +343,8 @@ class CoordinatorMachine:
         if plan is not None and request.generation == plan.generation.number and request.rank in self.progress:
             self.failed_at[request.rank] = self.progress[request.rank][0]  # reported just before the failure
             self._check_finish(now)
+        if plan is not None and request.generation == plan.generation.number and request.restore_failed:
+            self._restore_failed(now, plan, request.rank, request.reason)
         if self.membership.collective_failed(request.generation, now):
             self._event("collective-failed", f"rank {request.rank} of generation {request.generation}: "
                                              f"{short_reason(request.reason)}")
@@ -488,6 +494,33 @@ class CoordinatorMachine:
             self._checkpoint_outcome(now, self.durable.tick(now))
 
     # -- failures and recovery -------------------------------------------------------------------
+    def _restore_failed(self, now: float, plan: GenerationPlan, rank: int, reason: str) -> None:
+        """A rank could not read the step its generation restores (a blob with more bad shards than
+        the code tolerates, a checkpoint file that fails its checksum). Once the restores of a step
+        failed in RESTORE_ATTEMPTS generations, the step is given up: the next generation restores
+        the previous committed step, or, with none left, the job fails saying why, instead of
+        re-forming forever."""
+        step = plan.restore_step
+        failed = self.restore_failures.setdefault(step, set())
+        if step < 0 or plan.generation.number in failed:
+            return
+        failed.add(plan.generation.number)
+        self._event("restore-failed", f"rank {rank} of generation {plan.generation.number} could not restore step "
+                                      f"{step}: {short_reason(reason)}", warning=True, step=step, rank=rank)
+        if len(failed) < RESTORE_ATTEMPTS:
+            return
+        self.catalog.discard(step)
+        if self.resume is not None and self.resume.step == step:
+            self.resume = None
+        fallback = max(self.catalog.newest_committed, self.resume.step if self.resume else -1)
+        if fallback < 0:
+            self._fail(now, f"unrecoverable: the snapshot of step {step} could not be restored in {len(failed)} "
+                            f"generations (last: rank {rank}: {short_reason(reason)}) and no older committed step "
+                            f"is kept; `ftrain launch --resume DIR` goes on from a durable checkpoint, if the job wrote one")
+            return
+        self._event("snapshot-unusable", f"giving up step {step} after {len(failed)} failed restores; restoring step "
+                                         f"{fallback}", warning=True, step=step, fallback=fallback)
+
     def _record_failure(self, now: float, kind: str, message: str, **extra: Any) -> None:
         self.failures += 1
         self._metric("failures", "inc", 1, kind=kind)

@@ -18,6 +18,7 @@ of `session.steps()` on every rank at the same step ends the job cleanly.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import random
@@ -598,12 +599,13 @@ class Session:
         self._wait_committed(self.step)
 
     # -- recovery ----------------------------------------------------------------------------
-    def _report_failure(self, reason: str) -> None:
+    def _report_failure(self, reason: str, restore_failed: bool = False) -> None:
         try:  # progress first: the coordinator counts the steps lost between the restore step and here
             self._coordinator.report_progress(pb.ProgressReport(trainer_uid=self.trainer_uid, generation=self.generation,
                                                                 rank=self.rank, step=self.step))
             self._coordinator.report_failure(pb.FailureReport(trainer_uid=self.trainer_uid, generation=self.generation,
-                                                              rank=self.rank, reason=reason[:500]))
+                                                              rank=self.rank, reason=reason[:500],
+                                                              restore_failed=restore_failed))
         except Exception as error:  # the coordinator finds the failure by itself too
             log.warning("could not report the failure: %s", error)
 
@@ -632,7 +634,9 @@ class Session:
             self._await_restart()
         if not first:
             self.stats["recoveries"] += 1
-        while True:
+        for attempt in itertools.count():
+            if attempt:  # a generation failed while forming: back off before the next (0.1 s, doubling, to 2 s)
+                time.sleep(min(2.0, 0.1 * 2 ** (attempt - 1)))
             self._group = None
             self.reducer.set_group(None)
             if self._feed is not None:
@@ -649,7 +653,7 @@ class Session:
                 return
             except (collectives.CollectiveError, SnapshotLost, _StepFailed) as error:
                 if isinstance(error, SnapshotLost):
-                    self._report_failure(f"snapshot lost: {error}")
+                    self._report_failure(f"snapshot lost: {error}", restore_failed=True)
                 log.warning("rank %d: generation %d failed while forming (%s); retrying", assignment.rank,
                             assignment.generation, short_reason(str(error)))
                 self.generation = assignment.generation

@@ -303,16 +303,18 @@ class GenerationAssignment(_message.Message):
     def __init__(self, status: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., store_address: _Optional[str] = ..., restore_step: _Optional[int] = ..., restore_blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., message: _Optional[str] = ..., batch_shares: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FailureReport(_message.Message):
-    __slots__ = ("trainer_uid", "generation", "rank", "reason")
+    __slots__ = ("trainer_uid", "generation", "rank", "reason", "restore_failed")
     TRAINER_UID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FAILED_FIELD_NUMBER: _ClassVar[int]
     trainer_uid: str
     generation: int
     rank: int
     reason: str
-    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    restore_failed: bool
+    def __init__(self, trainer_uid: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ..., restore_failed: _Optional[bool] = ...) -> None: ...
 
 class SnapshotReport(_message.Message):
     __slots__ = ("trainer_uid", "generation", "rank", "step", "blob", "compute_time_s", "stall_s", "snapshot_duration_s", "steps_covered", "wait_commit_s", "skipped")
