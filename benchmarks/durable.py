@@ -3,7 +3,9 @@
 (a) Step time with the durable tier on vs off. The MLP + Adam loop of
     benchmarks/step_overhead_job.py runs under `ftrain launch --nodes N` with a snapshot every
     step in both runs. "on" adds `--checkpoint-dir TMP --checkpoint-every K --events-file FILE`,
-    so the agents write every K-th committed snapshot to disk in the background. For each state
+    so the agents write every K-th committed snapshot to disk in the background, with
+    `--checkpoint-dcp-every D` for each D of --dcp-every (the DCP copy on every D-th checkpoint;
+    0: none), one "on" run per D. For each state
     size it prints the step time of each run (the job's `step_s`: the mean wall time per step
     after its warm-up steps) and the ratio on/off. From the events file it prints how many
     checkpoints completed, how many were skipped because the previous one was still being
@@ -25,7 +27,7 @@
 Runs alternate in --rounds in this one invocation; figures are medians over the rounds.
 
 Usage: python benchmarks/durable.py [--nodes 3] [--state-mib 20 400] [--rounds 1]
-                                    [--checkpoint-every 10] [--steps 0] [--repeat 3]
+                                    [--checkpoint-every 10] [--dcp-every 1 ...] [--steps 0] [--repeat 3]
 """
 import argparse
 import json
@@ -62,7 +64,10 @@ def job_steps(mib: float, steps: int) -> tuple[int, int]:
     return (100, 5) if mib <= 64 else (60, 4)
 
 
-def run_job(mib: float, args: argparse.Namespace, env: dict[str, str], workdir: str, on: bool) -> tuple[float, dict]:
+def run_job(mib: float, args: argparse.Namespace, env: dict[str, str], workdir: str,
+            dcp_every: int | None) -> tuple[float, dict]:
+    """One job; dcp_every None: the durable tier off."""
+    on = dcp_every is not None
     steps, warmup = job_steps(mib, args.steps)
     job = f"bench-durable-{uuid.uuid4().hex[:8]}"
     command = [sys.executable, "-m", "ftrain", "launch", "--nodes", str(args.nodes), "--job-id", job,
@@ -71,7 +76,7 @@ def run_job(mib: float, args: argparse.Namespace, env: dict[str, str], workdir: 
     checkpoints = os.path.join(workdir, f"{job}.checkpoints")
     if on:
         command += ["--checkpoint-dir", checkpoints, "--checkpoint-every", str(args.checkpoint_every),
-                    "--events-file", events]
+                    "--checkpoint-dcp-every", str(dcp_every), "--events-file", events]
     command += ["--", JOB, "--state-mib", str(mib), "--steps", str(steps), "--warmup", str(warmup),
                 "--snapshot-every", "1"]
     load = os.getloadavg()[0]
@@ -187,6 +192,8 @@ def main() -> None:
     parser.add_argument("--state-mib", type=float, nargs="+", default=[20, 400])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--checkpoint-every", type=int, default=10)
+    parser.add_argument("--dcp-every", type=int, nargs="+", default=[1],
+                        help="--checkpoint-dcp-every of the 'on' runs, one run per value (default 1)")
     parser.add_argument("--steps", type=int, default=0, help="steps per job (default: 100 at <= 64 MiB, else 60)")
     parser.add_argument("--repeat", type=int, default=3, help="writes per method in (b) (median)")
     args = parser.parse_args()
@@ -199,33 +206,38 @@ def main() -> None:
         print(f"{args.nodes} nodes on {os.cpu_count()} CPUs, MLP + Adam, batch 32, a snapshot every step; "
               f"durable tier on = --checkpoint-every {args.checkpoint_every}; {args.rounds} round(s), medians",
               flush=True)
-        jobs: dict[float, dict[str, list]] = {m: {"off": [], "on": [], "events": []} for m in args.state_mib}
+        variants: list[int | None] = [None, *args.dcp_every]
+        label = {v: "off" if v is None else f"on, DCP every {v}" if v else "on, no DCP" for v in variants}
+        jobs = {m: {v: ([], []) for v in variants} for m in args.state_mib}  # (step_s, event summaries)
         for round_ in range(args.rounds):
             for mib in args.state_mib:
-                for on in ((False, True) if round_ % 2 == 0 else (True, False)):
-                    step_s, summary = run_job(mib, args, env, workdir, on)
-                    jobs[mib]["on" if on else "off"].append(step_s)
-                    if on:
-                        jobs[mib]["events"].append(summary)
+                for variant in (variants if round_ % 2 == 0 else variants[::-1]):
+                    step_s, summary = run_job(mib, args, env, workdir, variant)
+                    jobs[mib][variant][0].append(step_s)
+                    jobs[mib][variant][1].append(summary)
                     extra = (f" checkpoints {summary['written']} at steps {summary['steps']}, busy {summary['busy']}, "
                              f"failed {summary['failed']} {summary['failures'] or ''}, mean {summary['seconds']:.2f} s"
-                             if on else "")
-                    print(f"  round {round_ + 1} {mib:g} MiB durable {'on ' if on else 'off'}: step_s {step_s:.4f} "
+                             if variant is not None else "")
+                    print(f"  round {round_ + 1} {mib:g} MiB durable {label[variant]}: step_s {step_s:.4f} "
                           f"(load avg {summary['load']:.2f} before){extra}", flush=True)
         print(f"\n(a) step time, durable tier on vs off ({time.time() - began:.0f} s so far)")
-        print(f"{'state':>7} {'steps':>5} {'off':>8} {'on':>8} {'on/off':>6} {'ckpts':>5} {'busy':>4} {'failed':>6} "
-              f"{'ckpt MiB':>8} {'ckpt s':>6} {'ckpt MiB/s':>10}")
+        print(f"{'state':>7} {'steps':>5} {'run':>17} {'step':>8} {'on/off':>6} {'ckpts':>5} {'busy':>4} "
+              f"{'failed':>6} {'ckpt MiB':>8} {'ckpt s':>6} {'ckpt MiB/s':>10}")
         for mib in args.state_mib:
-            off, on = statistics.median(jobs[mib]["off"]), statistics.median(jobs[mib]["on"])
-            ev = jobs[mib]["events"]
-            written = sum(e["written"] for e in ev)
-            seconds = statistics.mean(e["seconds"] for e in ev if e["written"]) if written else float("nan")
-            rate = statistics.mean(e["mib_s"] for e in ev if e["written"]) if written else float("nan")
-            size = statistics.mean(e["mib"] for e in ev if e["written"]) if written else float("nan")
+            off = statistics.median(jobs[mib][None][0])
             steps = job_steps(mib, args.steps)[0]
-            print(f"{mib:>5g} M {steps:>5} {off:>6.3f} s {on:>6.3f} s {on / off:>5.2f}x {written:>5} "
-                  f"{sum(e['busy'] for e in ev):>4} {sum(e['failed'] for e in ev):>6} {size:>8.1f} {seconds:>6.2f} "
-                  f"{rate:>10.0f}", flush=True)
+            for variant in variants:
+                step, ev = statistics.median(jobs[mib][variant][0]), jobs[mib][variant][1]
+                row = f"{mib:>5g} M {steps:>5} {label[variant]:>17} {step:>6.3f} s {step / off:>5.2f}x"
+                if variant is not None:
+                    done = [e for e in ev if e["written"]]
+
+                    def mean(key: str, done: list = done) -> float:
+                        return statistics.mean(e[key] for e in done) if done else float("nan")
+                    row += (f" {sum(e['written'] for e in ev):>5} {sum(e['busy'] for e in ev):>4} "
+                            f"{sum(e['failed'] for e in ev):>6} {mean('mib'):>8.1f} {mean('seconds'):>6.2f} "
+                            f"{mean('mib_s'):>10.0f}")
+                print(row, flush=True)
         if args.rounds > 1:
             print("(ckpts / busy / failed: totals over the rounds; ckpt s and MiB/s: means)")
 

@@ -53,6 +53,10 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     durable.add_argument("--checkpoint-every-s", type=float, default=0.0,
                          help="seconds between checkpoints (default 0: by steps only)")
     durable.add_argument("--checkpoint-keep", type=int, default=2, help="complete checkpoints kept (default 2)")
+    durable.add_argument("--checkpoint-dcp-every", type=int, default=1, metavar="K",
+                         help="every K-th checkpoint (and the job's last) also gets a copy in torch DCP format, which "
+                              "costs the agents as much work again as the checkpoint; 0: none (default 1: every "
+                              "one). Resuming FSDP2 state on another world size needs a checkpoint with one")
     durable.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                          help="start from the newest complete checkpoint in DIR (default: --checkpoint-dir)")
     durable.add_argument("--resume-if-any", action="store_true",
@@ -120,7 +124,7 @@ def _settings(args: argparse.Namespace, replace_timeout_s: float) -> JobSettings
         hang_timeout_s=args.hang_timeout, straggler_policy=args.straggler_policy,
         compress=args.compress, recovery=args.recovery, checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "",
         checkpoint_every=args.checkpoint_every, checkpoint_every_s=args.checkpoint_every_s,
-        checkpoint_keep=args.checkpoint_keep, resume_dir=_resume_dir(args), resume_optional=args.resume_if_any,
+        checkpoint_keep=args.checkpoint_keep, checkpoint_dcp_every=args.checkpoint_dcp_every, resume_dir=_resume_dir(args), resume_optional=args.resume_if_any,
         snapshot_memory=args.snapshot_memory, standby_trainers=args.standby_trainers,
     ).validate()
 

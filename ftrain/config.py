@@ -163,6 +163,7 @@ class JobSettings:
     checkpoint_every: int = 100        # steps between durable checkpoints (0: by time only)
     checkpoint_every_s: float = 0.0    # seconds between durable checkpoints (0: by steps only)
     checkpoint_keep: int = 2           # complete checkpoints kept
+    checkpoint_dcp_every: int = 1      # every n-th checkpoint (and the last) also gets a DCP copy (0: none)
     resume_dir: str = ""               # start from the newest complete checkpoint here ("" = a fresh job)
     resume_optional: bool = False      # no checkpoint in resume_dir: start fresh instead of failing
     snapshot_memory: str = ""          # each agent's snapshot memory limit (snapshot_memory_bytes; "" = 50%)
@@ -208,6 +209,9 @@ class JobSettings:
             if self.checkpoint_every == 0 and self.checkpoint_every_s == 0:
                 raise ConfigError("--checkpoint-dir needs --checkpoint-every N (steps) or --checkpoint-every-s T "
                                   "(seconds) above 0")
+            if self.checkpoint_dcp_every < 0:
+                raise ConfigError(f"--checkpoint-dcp-every must be >= 0 (0: no DCP copy); got "
+                                  f"{self.checkpoint_dcp_every}")
             if self.checkpoint_keep < 1:
                 raise ConfigError(f"--checkpoint-keep must be >= 1; got {self.checkpoint_keep}")
             if not os.path.isabs(self.checkpoint_dir):

@@ -227,9 +227,13 @@ def test_a_completed_job_leaves_its_last_step_and_a_longer_run_continues_from_it
     directory = tmp_path / "ckpt"
     events = tmp_path / "events"
     short, output = launch(tmp_path, "short", "--checkpoint-dir", str(directory), "--checkpoint-every", "10",
-                           "--events-file", str(events), script_args=("--steps", "25"))
+                           "--checkpoint-dcp-every", "2", "--events-file", str(events), script_args=("--steps", "25"))
     checkpoint, passed = durable.newest_complete(str(directory))
     assert checkpoint is not None and checkpoint.step == 25 and passed == [], output[-3000:]
+    # --checkpoint-dcp-every 2: step 10's checkpoint (the first) and 25's (the last) have a DCP copy, 20's none
+    middle = directory / durable.checkpoint_name(20)
+    if middle.exists():  # (unless it was skipped as busy)
+        assert json.loads((middle / durable.MANIFEST).read_text())["dcp"] == "" and not (middle / "dcp").exists()
     # the same state in DCP format, loaded with torch's own tools and no ftrain: the job's final model
     assert json.loads((Path(checkpoint.path) / durable.MANIFEST).read_text())["dcp"] == "dcp"
     state = {"model": {name: torch.zeros_like(t) for name, t in short["params"].items()}}

@@ -96,6 +96,25 @@ def test_manifest_once_every_rank_is_written_then_complete() -> None:
     assert p.last_step == 10 and p.in_flight is None
 
 
+def _dcp_flags(p: DurablePlanner, steps: list[int], final: int | None = None) -> list[bool]:
+    """Writes and completes the checkpoint of each step; returns whether its finalize asked for a DCP copy."""
+    flags = []
+    for step in steps:
+        orders, _ = p.on_commit(step, 0, 3, blobs(step, PLACEMENT), LIVE, float(step), final=step == final)
+        finals = [f for o in orders for f in p.on_written(o.node_id, step, o.rank, "f", 1, 1, 0.1)]
+        assert len(finals) == 1 and p.on_finalized(finals[0].node_id, step, float(step)) is not None
+        flags.append(finals[0].dcp)
+    return flags
+
+
+def test_the_dcp_copy_goes_with_the_first_every_kth_and_the_final_checkpoint() -> None:
+    assert _dcp_flags(planner(every=10), [10, 20, 30]) == [True, True, True]  # default: every one
+    every3 = DurablePlanner(DurableSettings("/ckpt", 10, dcp_every=3), "job", now=0.0)
+    assert _dcp_flags(every3, [10, 20, 30, 40, 50, 55], final=55) == [True, False, False, True, False, True]
+    never = DurablePlanner(DurableSettings("/ckpt", 10, dcp_every=0), "job", now=0.0)
+    assert _dcp_flags(never, [10, 15], final=15) == [False, False]
+
+
 def test_a_due_step_while_one_is_in_flight_is_skipped_as_busy() -> None:
     p = planner(every=10)
     p.on_commit(10, 0, 3, blobs(10, PLACEMENT), LIVE, 1.0)

@@ -70,6 +70,17 @@ def test_survivors_keep_their_live_state_and_only_the_replacement_receives_it(re
     assert_exactly_once(result)
 
 
+def test_a_survivor_frozen_while_the_replacement_restores_from_it_is_killed_and_the_job_recovers(
+        reference: dict, tmp_path: Path) -> None:
+    # as above, but rank 0, a survivor that holds the state the new rank 1 needs from it, freezes
+    # (SIGSTOP) as it enters generation 1: its peers' restore waits are bounded by the pulse check,
+    # which kills it; its agent restarts it and generation 2 restores the same committed step
+    result = launch(tmp_path, "keepfrozen", "--inject", "hang-rank:0@gen=1", script=("--die-mid-step", "1@12"))
+    assert result["generation"] >= 2, "the freeze did not happen"
+    assert_identical(reference, result)
+    assert_exactly_once(result)
+
+
 def test_kill_node_recovers_bit_identical(reference: dict, tmp_path: Path) -> None:
     result = launch(tmp_path, "killnode", "--inject", "kill-node:2@step=13")
     assert result["generation"] >= 1 and result["world_size"] == 3

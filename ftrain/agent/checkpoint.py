@@ -113,7 +113,8 @@ class CheckpointWriter:
             elif order.kind == "finalize":
                 manifest = json.loads(order.manifest_json)
                 manifest["written_unix"] = round(time.time(), 3)
-                removed = durable.finalize(root, order.step, manifest, max(1, order.keep), export=self._export)
+                removed = durable.finalize(root, order.step, manifest, max(1, order.keep),
+                                           export=self._export if order.dcp else None)
                 if removed:
                     log.info("checkpoint: removed %s", ", ".join(removed))
             else:

@@ -9,6 +9,8 @@ checkpoints on disk, which agent writes each rank's blob, and when a checkpoint 
   k shards and writes it. When every rank's file is written, the agent that wrote the last one
   writes the manifest and renames the checkpoint complete (ftrain.snapshot.durable).
 - When the job completes, its last committed step is checkpointed too (after the one in flight).
+- Every `dcp_every`-th checkpoint (the first one, then every dcp_every-th ordered) and the job's
+  final one also get a DCP copy, written by the finalizing agent (0: none).
 - One checkpoint is in flight at a time. A due step that comes while one is still being written
   is skipped and reported ("busy"): a slow disk never queues work, and the training loop never
   waits for any of it. A failed write, a writer lost with its node (when no other holder can take
@@ -31,6 +33,7 @@ class DurableSettings:
     every_s: float = 0.0       # 0: by steps only
     keep: int = 2
     timeout_s: float = 600.0   # a checkpoint not complete after this long is abandoned
+    dcp_every: int = 1         # every n-th checkpoint (and the final one) gets a DCP copy; 0: none
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Finalize:
     node_id: str
     step: int
     manifest: dict[str, Any]
+    dcp: bool = True  # also write the DCP copy
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class _InFlight:
     writers: dict[int, str]                       # rank -> node writing it
     parts: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> {file, bytes, crc32, seconds}
     finalizer: str = ""
+    dcp: bool = True
 
 
 class DurablePlanner:
@@ -85,6 +90,7 @@ class DurablePlanner:
         self._last_began_step = max(0, resumed_step)  # the newest step that was due (written or skipped)
         self._last_began_time = now
         self._last_started_step = max(0, resumed_step)  # the newest step whose writing was ordered
+        self._ordered = 0  # checkpoints whose writing was ordered (every dcp_every-th gets a DCP copy)
         self.last_outcome: Outcome | None = None
 
     # -- when ------------------------------------------------------------------------------
@@ -114,7 +120,9 @@ class DurablePlanner:
         if len(by_rank) != world_size:
             return [], self._end(Outcome("skipped", step, "incomplete",
                                          f"checkpoint of step {step} skipped: {len(by_rank)} of {world_size} blobs listed"))
-        flight = _InFlight(step, generation, world_size, now, by_rank, {})
+        every = self.settings.dcp_every
+        flight = _InFlight(step, generation, world_size, now, by_rank, {},
+                           dcp=every > 0 and (final or self._ordered % every == 0))
         load: collections.Counter[str] = collections.Counter()
         for rank in sorted(by_rank):
             writer = self._writer(by_rank[rank], live, load)
@@ -125,6 +133,7 @@ class DurablePlanner:
             flight.writers[rank] = writer
             load[writer] += 1
         self.in_flight, self._last_started_step = flight, step
+        self._ordered += 1
         return [Write(flight.writers[r], step, r, by_rank[r].info) for r in sorted(by_rank)], None
 
     def on_written(self, node_id: str, step: int, rank: int, file: str, size: int, crc32: int,
@@ -137,7 +146,7 @@ class DurablePlanner:
         if len(flight.parts) < flight.world_size or flight.finalizer:
             return []
         flight.finalizer = node_id  # the last writer: its heartbeat is being answered now, so it gets the order at once
-        return [Finalize(flight.finalizer, step, self._manifest(flight))]
+        return [Finalize(flight.finalizer, step, self._manifest(flight), flight.dcp)]
 
     def on_finalized(self, node_id: str, step: int, now: float) -> Outcome | None:
         flight = self.in_flight

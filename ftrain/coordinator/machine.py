@@ -161,7 +161,8 @@ class CoordinatorMachine:
         self.durable: DurablePlanner | None = None  # the durable tier (--checkpoint-dir)
         if settings.checkpoint_dir:
             self.durable = DurablePlanner(DurableSettings(settings.checkpoint_dir, settings.checkpoint_every,
-                                                          settings.checkpoint_every_s, settings.checkpoint_keep),
+                                                          settings.checkpoint_every_s, settings.checkpoint_keep,
+                                                          dcp_every=settings.checkpoint_dcp_every),
                                           settings.job_id, now)
         self.checkpoint_orders: dict[str, list[pb.CheckpointOrder]] = collections.defaultdict(list)
         self.killed_forming: set[str] = set()  # trainer uids killed for not joining a forming generation
@@ -884,7 +885,8 @@ class CoordinatorMachine:
                                              blob=order.blob)
             else:
                 message = pb.CheckpointOrder(kind="finalize", step=order.step, dir=self.durable.settings.dir,
-                                             manifest_json=json.dumps(order.manifest), keep=self.durable.settings.keep)
+                                             manifest_json=json.dumps(order.manifest), keep=self.durable.settings.keep,
+                                             dcp=order.dcp)
             self.checkpoint_orders[order.node_id].append(message)
 
     def _final_checkpoint(self, now: float) -> None:

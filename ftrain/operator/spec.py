@@ -71,6 +71,7 @@ RECOVERY_DEFAULT = "inprocess"  # spec.recovery (RECOVERY_MODES: inprocess | res
 CHECKPOINT_EVERY_STEPS = 100
 CHECKPOINT_EVERY_SECONDS = 0.0
 CHECKPOINT_KEEP = 2
+CHECKPOINT_DCP_EVERY = 1
 CHECKPOINT_VOLUME = "checkpoint"
 # A Service name is a DNS-1035 label (<= 63 chars); "<job>-coordinator" must fit.
 MAX_JOB_NAME = 63 - len("-coordinator")
@@ -168,6 +169,7 @@ class JobSpec:
     checkpoint_every: int = CHECKPOINT_EVERY_STEPS
     checkpoint_every_s: float = CHECKPOINT_EVERY_SECONDS
     checkpoint_keep: int = CHECKPOINT_KEEP
+    checkpoint_dcp_every: int = CHECKPOINT_DCP_EVERY
     checkpoint_claim: str = ""  # a PersistentVolumeClaim mounted at checkpoint_dir ("" = the user mounts it)
 
     @classmethod
@@ -228,13 +230,15 @@ class JobSpec:
         ckpt: dict[str, Any] = {}
         if checkpoint is not None:
             if not isinstance(checkpoint, Mapping):
-                raise SpecError("spec.checkpoint must be an object with dir/everySteps/everySeconds/keep/claimName")
+                raise SpecError("spec.checkpoint must be an object with dir/everySteps/everySeconds/keep/dcpEvery/"
+                                "claimName")
             where = "spec.checkpoint."
             ckpt = {
                 "checkpoint_dir": _str(checkpoint, "dir", where),
                 "checkpoint_every": _int(checkpoint, "everySteps", CHECKPOINT_EVERY_STEPS, where),
                 "checkpoint_every_s": _number(checkpoint, "everySeconds", CHECKPOINT_EVERY_SECONDS, where),
                 "checkpoint_keep": _int(checkpoint, "keep", CHECKPOINT_KEEP, where),
+                "checkpoint_dcp_every": _int(checkpoint, "dcpEvery", CHECKPOINT_DCP_EVERY, where),
                 "checkpoint_claim": _str(checkpoint, "claimName", where),
             }
             if not ckpt["checkpoint_dir"]:
@@ -340,6 +344,8 @@ def validate(spec: JobSpec, name: str = "") -> list[str]:
                           "set everySteps (steps between checkpoints) or everySeconds (time between them)")
         if spec.checkpoint_keep < 1:
             errors.append(f"spec.checkpoint.keep must be >= 1; got {spec.checkpoint_keep}")
+        if spec.checkpoint_dcp_every < 0:
+            errors.append(f"spec.checkpoint.dcpEvery must be >= 0 (0: no DCP copy); got {spec.checkpoint_dcp_every}")
     if spec.backoff_limit is not None and spec.backoff_limit < 0:
         errors.append(f"spec.runPolicy.backoffLimit must be >= 0; got {spec.backoff_limit}")
     reserved = {ENV_COORDINATOR, ENV_JOB_ID, ENV_NODE_ID, ENV_TOKEN} & {e.get("name") for e in spec.env}
@@ -514,6 +520,7 @@ def coordinator_command(job_name: str, spec: JobSpec) -> list[str]:
         # starts from its newest complete checkpoint, or fresh when it holds none.
         cmd += ["--checkpoint-dir", spec.checkpoint_dir, "--checkpoint-every", str(spec.checkpoint_every),
                 "--checkpoint-every-s", repr(spec.checkpoint_every_s), "--checkpoint-keep", str(spec.checkpoint_keep),
+                "--checkpoint-dcp-every", str(spec.checkpoint_dcp_every),
                 "--resume", spec.checkpoint_dir, "--resume-if-any"]
     return cmd
 

@@ -105,8 +105,8 @@ def finalize(root: str, step: int, manifest: dict[str, Any], keep: int,
         size = os.path.getsize(path) if os.path.exists(path) else -1
         if size != entry["bytes"]:
             raise CheckpointError(f"{path}: {'missing' if size < 0 else f'{size} bytes'}, expected {entry['bytes']}")
-    if export is not None:
-        manifest["dcp"] = export(partial, [os.path.join(partial, entry["file"]) for entry in manifest["parts"]])
+    manifest["dcp"] = export(partial, [os.path.join(partial, entry["file"]) for entry in manifest["parts"]]) \
+        if export is not None else ""
     temporary = os.path.join(partial, MANIFEST + ".tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)

@@ -127,7 +127,7 @@ def test_checkpoint_defaults_match_the_crd():
     assert props["required"] == ["dir"] and "default" not in props  # absent: no durable tier
     defaults = {k: v["default"] for k, v in props["properties"].items() if "default" in v}
     assert defaults == {"everySteps": spec.checkpoint_every, "everySeconds": spec.checkpoint_every_s,
-                        "keep": spec.checkpoint_keep}
+                        "keep": spec.checkpoint_keep, "dcpEvery": spec.checkpoint_dcp_every}
     # By time only is valid; an int everySeconds is a number.
     timed = S.JobSpec.from_dict(job(checkpoint={"dir": "/c", "everySteps": 0, "everySeconds": 30})["spec"])
     assert timed.checkpoint_every_s == 30.0 and S.validate(timed, "j") == []
@@ -207,15 +207,15 @@ def test_worker_and_coordinator_manifests():
 
 def test_coordinator_command_carries_the_checkpoint_flags():
     spec = S.JobSpec.from_dict(job(checkpoint={"dir": "/ckpt", "everySteps": 50, "everySeconds": 2.5,
-                                               "keep": 3})["spec"])
+                                               "keep": 3, "dcpEvery": 5})["spec"])
     cmd = S.coordinator_command("j", spec)
     i = cmd.index("--checkpoint-dir")
     assert cmd[i:] == ["--checkpoint-dir", "/ckpt", "--checkpoint-every", "50", "--checkpoint-every-s", "2.5",
-                       "--checkpoint-keep", "3", "--resume", "/ckpt", "--resume-if-any"]
+                       "--checkpoint-keep", "3", "--checkpoint-dcp-every", "5", "--resume", "/ckpt", "--resume-if-any"]
     defaults = S.coordinator_command("j", S.JobSpec.from_dict(job(checkpoint={"dir": "/ckpt"})["spec"]))
     assert defaults[defaults.index("--checkpoint-dir"):] == [
         "--checkpoint-dir", "/ckpt", "--checkpoint-every", "100", "--checkpoint-every-s", "0.0",
-        "--checkpoint-keep", "2", "--resume", "/ckpt", "--resume-if-any"]
+        "--checkpoint-keep", "2", "--checkpoint-dcp-every", "1", "--resume", "/ckpt", "--resume-if-any"]
     # Agents find the directory at the same path: no --checkpoint-dir of their own.
     assert "--checkpoint-dir" not in S.worker_command("j", "ns", spec, "j-worker-0-0")
 

@@ -111,20 +111,22 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ..., pinned_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CheckpointOrder(_message.Message):
-    __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep")
+    __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep", "dcp")
     KIND_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     DIR_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     KEEP_FIELD_NUMBER: _ClassVar[int]
+    DCP_FIELD_NUMBER: _ClassVar[int]
     kind: str
     step: int
     dir: str
     blob: BlobInfo
     manifest_json: str
     keep: int
-    def __init__(self, kind: _Optional[str] = ..., step: _Optional[int] = ..., dir: _Optional[str] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., manifest_json: _Optional[str] = ..., keep: _Optional[int] = ...) -> None: ...
+    dcp: bool
+    def __init__(self, kind: _Optional[str] = ..., step: _Optional[int] = ..., dir: _Optional[str] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., manifest_json: _Optional[str] = ..., keep: _Optional[int] = ..., dcp: _Optional[bool] = ...) -> None: ...
 
 class CheckpointResult(_message.Message):
     __slots__ = ("kind", "step", "rank", "ok", "reason", "file", "bytes", "seconds", "crc32", "detail")
