@@ -86,12 +86,15 @@ def killed_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkpoint directory of a 3-node job SIGKILLed whole once two checkpoints are complete,
     while the next one is being written (a real torn checkpoint: `step-N.partial`). Steps of 1 s
     leave each checkpoint 10 s to complete before the next is due: under the full suite's load a
-    checkpoint took more than 4 s, the next one was skipped as busy, and the job ended first."""
+    checkpoint took more than 4 s, the next one was skipped as busy, and the job ended first. No
+    DCP copy: its helper runs at nice 19 and starves under that load; the resumes here read the
+    rank files (test_a_completed_job_... checks the copy)."""
     root = tmp_path_factory.mktemp("killed")
     directory = root / "ckpt"
     job = new_job_id("killed")
     command = [sys.executable, "-m", "ftrain", "launch", "--nodes", "3", "--job-id", job, "--checkpoint-dir",
-               str(directory), "--checkpoint-every", "10", "--", *JOB, "--step-sleep", "1.0", "--out",
+               str(directory), "--checkpoint-every", "10", "--checkpoint-dcp-every", "0", "--", *JOB, "--step-sleep",
+               "1.0", "--out",
                str(root / "never.pt")]
     process = subprocess.Popen(command, cwd=str(REPO), env=dict(os.environ, FTRAIN_JOB_ID=job),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
