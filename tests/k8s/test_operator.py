@@ -182,9 +182,9 @@ def test_schema_defaults_applied(apiserver, namespace, api):
     assert "checkpoint" not in got  # no durable tier unless asked for
     assert got["recovery"] == "inprocess" and got["standbyTrainers"] is False
     got = create_job(custom, namespace, job_body("defaults-checkpoint", checkpoint={"dir": "/ckpt"}))["spec"]
-    assert got["checkpoint"] == {"dir": "/ckpt", "everySteps": 100, "everySeconds": 0, "keep": 2}
+    assert got["checkpoint"] == {"dir": "/ckpt", "everySteps": 100, "everySeconds": 0, "keep": 2, "dcpEvery": 1}
     spec = S.JobSpec.from_dict(got)
-    assert (spec.checkpoint_every, spec.checkpoint_every_s, spec.checkpoint_keep) == (100, 0.0, 2)
+    assert (spec.checkpoint_every, spec.checkpoint_every_s, spec.checkpoint_keep, spec.checkpoint_dcp_every) == (100, 0.0, 2, 1)
 
 
 # --------------------------------------------------------------------------- operator
