@@ -502,8 +502,10 @@ class CoordinatorMachine:
         the previous committed step, or, with none left, the job fails saying why, instead of
         re-forming forever."""
         step = plan.restore_step
+        if step < 0:  # a fresh start restores nothing
+            return
         failed = self.restore_failures.setdefault(step, set())
-        if step < 0 or plan.generation.number in failed:
+        if plan.generation.number in failed:
             return
         failed.add(plan.generation.number)
         self._event("restore-failed", f"rank {rank} of generation {plan.generation.number} could not restore step "
