@@ -26,7 +26,7 @@ from torch.distributed.checkpoint import format_utils
 
 from ftrain.snapshot import durable
 from ledgers import assert_exactly_once
-from procs import REPO, SCRIPTS, free_port, kill_job, new_job_id, run_ftrain, wait_until
+from procs import REPO, SCRIPTS, free_port, job_pids, kill_job, new_job_id, run_ftrain, wait_until
 
 pytestmark = pytest.mark.timeout(400)
 STEPS = 40
@@ -108,6 +108,8 @@ def killed_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 if name.endswith(durable.PARTIAL) and len(complete(directory)) >= 2:
                     writing = directory / name
         assert writing is not None and process.poll() is None, "the job ended before a third checkpoint began"
+        # with no DCP copy to write no agent starts its helper (its torch import stalled every step)
+        assert not dcp_helpers(job), "an agent started its DCP helper for checkpoints that have no copy"
     finally:
         kill_group(process)  # the launcher, its coordinator, the agents and their trainers: all at once
         kill_job(job)
@@ -115,6 +117,19 @@ def killed_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert not (root / "never.pt").exists(), output[-3000:]
     assert writing.is_dir() and not (directory / writing.name.removesuffix(durable.PARTIAL)).exists(), output[-3000:]
     return directory
+
+
+def dcp_helpers(job: str) -> list[int]:
+    """PIDs of the job's DCP helper processes (`python -m ftrain.agent.dcp_export`)."""
+    helpers = []
+    for pid in job_pids(job):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"ftrain.agent.dcp_export" in f.read():
+                    helpers.append(pid)
+        except OSError:
+            continue
+    return helpers
 
 
 def complete(directory: Path) -> list[str]:

@@ -56,8 +56,10 @@ class CheckpointWriter:
         self._results: list[pb.CheckpointResult] = []
         self._lock = threading.Lock()
         self._fetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftrain-ckpt-fetch")
+        # started for the first DCP copy this agent writes, not before: its torch import takes a
+        # CPU-second or more, which a node whose checkpoints have no copy (or that never finalizes
+        # one) should not pay, and which on shared CPUs slowed every trainer's step
         self._exporter = DcpExporter()
-        self._exporter.start()  # its torch import runs (at low priority) while the rank files are written
         self._thread = threading.Thread(target=self._run, name="ftrain-checkpoint", daemon=True)
         self._thread.start()
 

@@ -1,15 +1,16 @@
 """The DCP copy of a durable checkpoint, written by a low-priority helper process.
 
-Writing the copy (ftrain.snapshot.dcp: reading the rank files back, rebuilding the state's
-tensors, `torch.distributed.checkpoint.save`) costs about 2 s of CPU per 400 MiB. In the agent's
-own process it held the GIL against the agent's shard data plane and heartbeats. So the agent
-hands the copy to one long-lived helper (`python -m ftrain.agent.dcp_export`), started with the
-checkpoint writer, at nice 19 (FTRAIN_SNAPSHOT_NICE): it takes the node's CPU while the node's
-trainers wait (in a collective, for data) and yields it when they run. It stays in the agent's
-session, so where the kernel shares CPU between sessions (autogroup) it competes with this
-node's trainers only, and a kill of the node's process group takes it too; it also dies with the
-agent (PR_SET_PDEATHSIG) and is killed by `close`. (SCHED_IDLE in a session of its own was tried:
-on a node whose CPUs are all busy a checkpoint then almost never completed.)
+Writing the copy (ftrain.snapshot.dcp: reading the rank files back, rebuilding the state's tensors,
+`torch.distributed.checkpoint.save`) costs about 2 s of CPU per 400 MiB. In the agent's own process
+it held the GIL against the agent's shard data plane and heartbeats. So the agent hands the copy to
+one long-lived helper (`python -m ftrain.agent.dcp_export`), started for the first copy this agent
+writes (only the agent that finalizes a checkpoint writes one), at nice 19 (FTRAIN_SNAPSHOT_NICE):
+it takes the node's CPU while the node's trainers wait (in a collective, for data) and yields it
+when they run. It stays in the agent's session, so where the kernel shares CPU between sessions
+(autogroup) it competes with this node's trainers only, and a kill of the node's process group
+takes it too; it also dies with the agent (PR_SET_PDEATHSIG) and is killed by `close`. (SCHED_IDLE
+in a session of its own was tried: on a node whose CPUs are all busy a checkpoint then almost never
+completed.)
 
 Requests and replies are one JSON line each over its stdin/stdout:
 `{"dir": D, "blobs": [...]}` -> `{"name": "dcp"}` (or `""` for a layout with no copy) or
@@ -48,12 +49,6 @@ class DcpExporter:
         self._process: subprocess.Popen[bytes] | None = None
         self._closed = False
 
-    def start(self) -> None:
-        """Starts the helper ahead of its first copy (its imports then overlap the rank files' writing)."""
-        with self._lock:
-            if not self._closed:
-                self._started()
-
     def export(self, directory: str, blob_paths: list[str], timeout_s: float) -> str:
         """Writes `directory`/dcp from the rank blobs; returns its name ("" when the layout has
         no DCP copy). Raises ExportFailed."""
@@ -82,7 +77,7 @@ class DcpExporter:
 
     @property
     def pid(self) -> int | None:
-        """The helper's pid while it runs (started by `start` or the first `export`)."""
+        """The helper's pid while it runs (started by the first `export`)."""
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 
