@@ -29,6 +29,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
+    per_epoch = 4096 // (16 * args.ranks)  # dataloader_job's 4096 items: torchrun's loop ends with its epoch
+    if args.steps > per_epoch:
+        parser.error(f"--steps {args.steps}: at most {per_epoch} with {args.ranks} ranks (one epoch of the job's "
+                     f"dataset; torchrun's loader would stop there and its samples/s would count missing steps)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTRAIN_")}
     env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     print(f"{args.ranks} ranks, batch 16 per rank, items cost 1 ms; medians of {args.rounds} rounds")
