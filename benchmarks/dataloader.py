@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from dataloader_job import BATCH, ITEMS
 from jobs import free_port, run_for
 
 JOB = str(Path(__file__).resolve().parent / "dataloader_job.py")
@@ -29,13 +30,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
-    per_epoch = 4096 // (16 * args.ranks)  # dataloader_job's 4096 items: torchrun's loop ends with its epoch
+    per_epoch = ITEMS // (BATCH * args.ranks)  # torchrun's loop over the job's DataLoader ends with its epoch
     if args.steps > per_epoch:
         parser.error(f"--steps {args.steps}: at most {per_epoch} with {args.ranks} ranks (one epoch of the job's "
                      f"dataset; torchrun's loader would stop there and its samples/s would count missing steps)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTRAIN_")}
     env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    print(f"{args.ranks} ranks, batch 16 per rank, items cost 1 ms; medians of {args.rounds} rounds")
+    print(f"{args.ranks} ranks, batch {BATCH} per rank, items cost 1 ms; medians of {args.rounds} rounds")
     print(f"{'items':6} {'torchrun+DDP w=2':>17} {'ftrain w=0':>11} {'ftrain w=2':>11} {'w=2 ratio':>10} "
           f"{'w=2 snap/10':>12} {'ratio':>6}")
     for kind in ("sleep", "cpu"):

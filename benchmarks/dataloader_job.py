@@ -13,6 +13,8 @@ from torch import nn
 
 from jobs import KEPT_GROUPS
 
+ITEMS, BATCH = 4096, 16  # the dataset's length and the default batch per rank (dataloader.py reads both)
+
 
 class CostlyItems(torch.utils.data.Dataset):
     def __init__(self, n: int, kind: str, cost_s: float) -> None:
@@ -38,10 +40,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=BATCH)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dataset = CostlyItems(4096, args.kind, 1e-3)
+    dataset = CostlyItems(ITEMS, args.kind, 1e-3)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -47,9 +47,10 @@ class _SeededDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[Any]:
         if get_worker_info() is not None and isinstance(indices, _StepIndices):
             seed = indices.seed
-            torch.default_generator.manual_seed(seed)  # torch.manual_seed formats a stack trace per call (lazy CUDA)
-            if torch.cuda.is_available():
-                torch.cuda.manual_seed_all(seed)
+            if torch.accelerator.is_available():  # every device's generator, as torch.manual_seed seeds them
+                torch.manual_seed(seed)
+            else:  # CPU only: the same seeding without the stack trace it formats per call for lazy CUDA init
+                torch.default_generator.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
         getitems = getattr(self.dataset, "__getitems__", None)
