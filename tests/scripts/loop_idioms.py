@@ -161,6 +161,7 @@ def main() -> None:
     if session is not None:
         session.finish()
     else:
+        dist.barrier()  # rank 0 has saved before any rank reaches torch 2.13's teardown (it can abort there)
         dist.destroy_process_group()
 
 
