@@ -225,7 +225,7 @@ class Worker:
         pb = self.pb
         loop = asyncio.get_running_loop()
         due = loop.time() + random.random()
-        info = pb.TrainerInfo(local_rank=0, pid=100000 + i, state="running", last_step=0)
+        info = pb.TrainerInfo(local_rank=0, pid=100000 + i, state=pb.TRAINER_STATE_RUNNING, last_step=0)
         while not self.stopping():
             await asyncio.sleep(max(0.0, due - loop.time()))
             if self.frozen(i):
@@ -236,7 +236,7 @@ class Worker:
                                                                         shard_bytes=1 << 20), timeout=30.0)
             if reply is not None:
                 self.hb.append((time.time(), time.perf_counter() - t0))
-                if not reply.known and reply.job_state == "running":  # declared dead: the real agent re-registers
+                if not reply.known and reply.job_state == pb.JOB_STATE_RUNNING:  # declared dead: the real agent re-registers
                     self.error("heartbeat:unknown-node")
                     await self.call(stub.RegisterAgent, pb.RegisterAgentRequest(
                         job_id=JOB, node_id=node, address=f"127.0.0.1:{20000 + i % 40000}", nproc=1, hostname=node,
@@ -260,9 +260,9 @@ class Worker:
                 a = await self.call(stub.JoinGeneration, pb.JoinRequest(
                     trainer_uid=uid, node_id=node, local_rank=0, known_generation=generation, wait_s=20.0),
                     timeout=30.0)
-                if a is None or a.status != "wait":
+                if a is None or a.status != pb.ASSIGNMENT_STATUS_WAIT:
                     break
-            if a is None or a.status != "ok":
+            if a is None or a.status != pb.ASSIGNMENT_STATUS_OK:
                 return
             self.joined.setdefault(a.generation, []).append(time.time())
             generation, rank, world = a.generation, a.rank, a.world_size

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from ftrain.config import JobSettings  # noqa: E402
 from ftrain.launch.local import LocalLauncher  # noqa: E402
+from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
             while not stop.wait(rng.expovariate(1.0 / args.mtbf)):
                 state = launcher.coordinator.state
                 with state.cond:
-                    pids = [t.pid for infos in state.machine.trainers.values() for t in infos if t.state == "running"]
+                    pids = [t.pid for infos in state.machine.trainers.values() for t in infos if t.state == pb.TRAINER_STATE_RUNNING]
                 live = [a for a in launcher.agents if a.process.poll() is None]
                 if rng.random() < 0.5 and pids:
                     pid = rng.choice(pids)

@@ -15,7 +15,7 @@ ENV_NODE_ID = "FTRAIN_NODE_ID"
 ENV_LOCAL_RANK = "FTRAIN_LOCAL_RANK"
 ENV_TOKEN = "FTRAIN_TOKEN"
 TOKEN_METADATA_KEY = "x-ftrain-token"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: statuses are enums (ftrain.v1 JobState, AssignmentStatus, ...), not strings
 DEFAULT_HANG_TIMEOUT_S = 300.0  # a live rank may pause this long (an evaluation); frozen ones are caught by pulses
 
 

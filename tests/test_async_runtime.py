@@ -71,11 +71,11 @@ def test_push_pull_round_trip_chunks_staleness_and_token() -> None:
         generator = torch.Generator().manual_seed(1)
         x0 = torch.randn(numel, generator=generator)
         welcome = hello(client, "rank-0")
-        assert welcome.status == "init" and welcome.budget == 2000
+        assert welcome.status == pb.WELCOME_STATUS_INIT and welcome.budget == 2000
         reply = client.push(x0, init=True, worker_id="rank-0", world_size=2)
-        assert reply.status == "applied" and reply.version == 0 and service.chunks_in == 2
+        assert reply.status == pb.PUSH_STATUS_APPLIED and reply.version == 0 and service.chunks_in == 2
         head, model = client.pull()
-        assert head.status == "ok" and head.version == 0 and torch.equal(model, x0) and service.chunks_out == 2
+        assert head.status == pb.MODEL_STATUS_OK and head.version == 0 and torch.equal(model, x0) and service.chunks_out == 2
         inc = head.incarnation
 
         reference = make_strategy("diloco", num_workers=2)
@@ -83,17 +83,17 @@ def test_push_pull_round_trip_chunks_staleness_and_token() -> None:
         deltas = [torch.randn(numel, generator=generator) * 0.01 for _ in range(3)]
         for worker, delta, base in (("rank-0", deltas[0], 0), ("rank-1", deltas[1], 0)):
             reply = push(client, delta, worker, base, inc)
-            assert reply.status == "applied" and reply.staleness == 0
+            assert reply.status == pb.PUSH_STATUS_APPLIED and reply.staleness == 0
             reference.on_update(Update(delta, base, worker, 16))
         assert reply.version == 1
         head, model = client.pull(have_version=0, incarnation=inc)
         assert head.version == 1 and torch.equal(model, reference.model), "the service must apply the strategy exactly"
-        assert client.pull(have_version=1, incarnation=inc)[0].status == "unchanged"
+        assert client.pull(have_version=1, incarnation=inc)[0].status == pb.MODEL_STATUS_UNCHANGED
 
         stale = push(client, deltas[2], "rank-0", 0, inc)  # made from version 0, arrives at version 1
-        assert stale.status == "applied" and stale.staleness == 1
-        assert push(client, deltas[2], "rank-0", 5, inc).status == "rebase"      # from the future
-        assert push(client, deltas[2], "rank-0", 1, "old-incarnation").status == "rebase"
+        assert stale.status == pb.PUSH_STATUS_APPLIED and stale.staleness == 1
+        assert push(client, deltas[2], "rank-0", 5, inc).status == pb.PUSH_STATUS_REBASE      # from the future
+        assert push(client, deltas[2], "rank-0", 1, "old-incarnation").status == pb.PUSH_STATUS_REBASE
 
         status = client.status(include_records=True)
         applied = [r for r in status["records"] if r[7]]
@@ -122,7 +122,7 @@ def test_sync_fedavg_holds_a_worker_until_the_round_closes() -> None:
         a.push(torch.zeros(10), init=True, worker_id="rank-0", world_size=2)
         inc = a.pull()[0].incarnation
         reply = push(a, torch.ones(10), "rank-0", 0, inc)
-        assert reply.status == "applied" and reply.hold and reply.version == 0
+        assert reply.status == pb.PUSH_STATUS_APPLIED and reply.hold and reply.version == 0
         released: list[pb.ModelChunk] = []
         waiter = threading.Thread(target=lambda: released.append(a.pull(have_version=0, min_version=1,
                                                                         incarnation=inc, wait_s=20)[0]))
@@ -174,7 +174,7 @@ def test_state_restored_from_agents_after_the_hosting_process_is_killed() -> Non
             worker = f"rank-{i % 2}"
             delta = torch.randn(50_000, generator=generator) * 0.01
             reply = push(client, delta, worker, version, head.incarnation, step=10 * (i + 1))
-            assert reply.status == "applied"
+            assert reply.status == pb.PUSH_STATUS_APPLIED
             if reference.on_update(Update(delta, version, worker, 16)):
                 states[reference.version] = reference.state_dict()
             version = reply.version
@@ -191,20 +191,20 @@ def test_state_restored_from_agents_after_the_hosting_process_is_killed() -> Non
         client = AggregatorClient(address, TOKEN, connect_timeout_s=20)
         welcome = hello(client, "rank-1", known_version=version)
         restored = welcome.version
-        assert welcome.status == "ok" and welcome.incarnation != head.incarnation
+        assert welcome.status == pb.WELCOME_STATUS_OK and welcome.incarnation != head.incarnation
         # version 4 comes back; only the update buffered after it (less than one aggregation step) is lost
         assert restored == 4, f"restored version {restored}, the newest stored was 4"
         assert welcome.resume_step == 80, "rank-1's accepted progress (its push at step 80) came back too"
         new_head, model = client.pull()
         assert new_head.version == restored and torch.equal(model, states[restored]["model"])
-        assert push(client, torch.zeros(50_000), "rank-0", version, head.incarnation).status == "rebase"
+        assert push(client, torch.zeros(50_000), "rank-0", version, head.incarnation).status == pb.PUSH_STATUS_REBASE
 
         # and it continues exactly as the uninterrupted rule would from that state
         continued = make_strategy("diloco", num_workers=2)
         continued.load_state_dict(states[restored])
         for worker in ("rank-0", "rank-1"):
             delta = torch.randn(50_000, generator=generator) * 0.01
-            assert push(client, delta, worker, restored, new_head.incarnation).status == "applied"
+            assert push(client, delta, worker, restored, new_head.incarnation).status == pb.PUSH_STATUS_APPLIED
             continued.on_update(Update(delta, restored, worker, 16))
         assert torch.equal(client.pull()[1], continued.model)
         assert service.summary()["restored_from_version"] == restored

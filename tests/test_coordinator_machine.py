@@ -68,7 +68,7 @@ class Job:
         out = {}
         for node in nodes:
             assignment = self.join(node, first=False)
-            assert assignment is not None and assignment.status == "ok", (node, assignment)
+            assert assignment is not None and assignment.status == pb.ASSIGNMENT_STATUS_OK, (node, assignment)
             out[node] = assignment
         return out
 
@@ -117,7 +117,7 @@ def test_join_forms_the_first_generation_once_every_trainer_asked() -> None:
     assert job.join("node1") is None  # node0's trainer has not asked yet: wait
     assert job.m.membership.pending and job.m.plan is None
     first = job.join("node0")
-    assert first is not None and first.status == "ok"
+    assert first is not None and first.status == pb.ASSIGNMENT_STATUS_OK
     assignments = {n: job.join(n, first=False) for n in ("node0", "node1")}
     # ranks are dealt in node-id order, whoever asked first
     assert {n: a.rank for n, a in assignments.items() if a} == {"node0": 0, "node1": 1}
@@ -287,10 +287,10 @@ def test_job_completes_when_every_rank_finished_at_one_step() -> None:
     assert job.m.job_state == "complete" and "job-complete" in job.kinds()
     unfired = [e for fx in job.effects for e in fx.events if e.kind == "fault-not-fired"]
     assert len(unfired) == 1 and unfired[0].warning and "kill-node:1@step=100" in unfired[0].message
-    assert job.heartbeat("node0").job_state == "complete"
+    assert job.heartbeat("node0").job_state == pb.JOB_STATE_COMPLETE
     request = pb.JoinRequest(trainer_uid=job.uid("node0"), node_id="node0", known_generation=0)
     assignment, _ = job.m.on_join(job.now, request, True)
-    assert assignment is not None and assignment.status == "complete"
+    assert assignment is not None and assignment.status == pb.ASSIGNMENT_STATUS_COMPLETE
 
 
 def test_a_rank_that_left_the_loop_while_another_went_on_fails_the_job() -> None:
@@ -309,7 +309,7 @@ def test_job_fails_when_more_nodes_are_lost_than_the_code_tolerates() -> None:
     job.fx(job.m.on_agent_unreachable(1.0, "node2"))
     job.at(1.0)
     assignment = job.join("node0")
-    assert job.m.job_state == "failed" and assignment is not None and assignment.status == "failed"
+    assert job.m.job_state == "failed" and assignment is not None and assignment.status == pb.ASSIGNMENT_STATUS_FAILED
     assert job.m.message.startswith("unrecoverable: more simultaneous losses than the erasure code tolerates")
     assert "Last committed step 4" in job.m.message
     ack, _ = job.m.on_trainer_exit(2.0, pb.TrainerExit(node_id="node0", exit_code=1, will_restart=True))
@@ -468,4 +468,4 @@ def test_the_job_fails_saying_why_when_no_restorable_step_is_left() -> None:
     assert job.m.message.startswith("unrecoverable: the snapshot of step 9 could not be restored in 2 generations")
     assert "2 of 3 shards failed their checksum" in job.m.message and "no older committed step" in job.m.message
     assignment = job.join("node0")
-    assert assignment is not None and assignment.status == "failed"
+    assert assignment is not None and assignment.status == pb.ASSIGNMENT_STATUS_FAILED

@@ -32,6 +32,7 @@ from ftrain.rpc import (PeerUnavailable, Unauthenticated, add_health_and_reflect
                         describe_rpc_error, make_server, open_channel, token_metadata)
 from ftrain.snapshot import local_copy
 from ftrain.snapshot.transfer import AgentPool
+from ftrain.wire import from_wire, to_wire
 
 log = logging.getLogger("ftrain.agent")
 _PR_SET_PDEATHSIG = 1
@@ -207,7 +208,8 @@ class Agent:
             if self._stop.is_set():
                 return
             with self._lock:
-                infos = [pb.TrainerInfo(local_rank=t.local_rank, pid=t.process.pid if t.process else 0, state=t.state,
+                infos = [pb.TrainerInfo(local_rank=t.local_rank, pid=t.process.pid if t.process else 0,
+                                        state=to_wire(pb.TrainerState, t.state),
                                         exit_code=t.exit_code, last_step=self.trainer_steps.get(t.local_rank, 0))
                          for t in self.trainers.values()]
             count, size = self.store.stats()
@@ -234,7 +236,8 @@ class Agent:
                     self._finish("failed", describe_rpc_error(error, f"coordinator {self.coordinator}") +
                                  f"; gave up after {self.connect_timeout_s:.0f} s")
                 continue
-            if not response.known and response.job_state == "running":
+            job_state = from_wire(pb.JobState, response.job_state)
+            if not response.known and job_state == "running":
                 try:
                     self.register()  # the coordinator restarted: re-register under the same node id
                 except AgentError as error:
@@ -253,8 +256,8 @@ class Agent:
                     self._writer = CheckpointWriter(self.store, AgentPool(self.token, self.job_id), self._node_ref,
                                                     self.checkpoint_dir, on_result=self._wake.set)
                 self._writer.submit(order)
-            if response.job_state != "running":
-                self._finish(response.job_state, response.message)
+            if job_state != "running":
+                self._finish(job_state, response.message)
 
     def _run_command(self, command: str) -> None:
         verb, _, arg = command.partition(":")
@@ -328,10 +331,10 @@ class Agent:
                             describe_rpc_error(error, "coordinator"))
                 self._stop.wait(1.0)
                 continue
-            if reply.status == "wait":
+            if reply.status == pb.ASSIGNMENT_STATUS_WAIT:
                 continue
-            if reply.status != "ok":  # the job ended meanwhile
-                trainer.state = "finished" if reply.status == "complete" else "exited"
+            if reply.status != pb.ASSIGNMENT_STATUS_OK:  # the job ended meanwhile
+                trainer.state = "finished" if reply.status == pb.ASSIGNMENT_STATUS_COMPLETE else "exited"
                 return
             self.generation = max(self.generation, reply.generation)
             host, _, port = reply.store_address.rpartition(":")

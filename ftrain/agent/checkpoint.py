@@ -27,6 +27,7 @@ from ftrain.snapshot import dataplane, durable
 from ftrain.snapshot.erasure import shard_checksum
 from ftrain.snapshot.rebuild import SnapshotLost, rebuild_blob
 from ftrain.snapshot.transfer import AgentPool, ShardCorrupted
+from ftrain.wire import from_wire
 
 log = logging.getLogger("ftrain.agent")
 _REASONS = {errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EROFS: "read-only",
@@ -105,14 +106,14 @@ class CheckpointWriter:
     def _carry_out(self, order: pb.CheckpointOrder) -> None:
         root = self.dir_override or order.dir
         began = time.monotonic()
-        rank = order.blob.producer_rank if order.kind == "write" else -1
+        rank = order.blob.producer_rank if order.kind == pb.CHECKPOINT_KIND_WRITE else -1
         result = pb.CheckpointResult(kind=order.kind, step=order.step, rank=rank)
         try:
-            if order.kind == "write":
+            if order.kind == pb.CHECKPOINT_KIND_WRITE:
                 blob = self._rebuild(order.blob)
                 result.file, size, result.crc32 = durable.write_part(root, order.step, rank, blob)
                 result.bytes = size
-            elif order.kind == "finalize":
+            elif order.kind == pb.CHECKPOINT_KIND_FINALIZE:
                 manifest = json.loads(order.manifest_json)
                 manifest["written_unix"] = round(time.time(), 3)
                 removed = durable.finalize(root, order.step, manifest, max(1, order.keep),
@@ -120,12 +121,12 @@ class CheckpointWriter:
                 if removed:
                     log.info("checkpoint: removed %s", ", ".join(removed))
             else:
-                raise ValueError(f"unknown checkpoint order {order.kind!r}")
+                raise ValueError(f"unknown checkpoint order kind {order.kind} (a newer coordinator?)")
             result.ok = True
         except (OSError, SnapshotLost, ValueError, KeyError) as error:
             result.ok, result.reason = False, failure_reason(error)
             result.detail = f"{type(error).__name__}: {error}"[:500]
-            log.warning("checkpoint of step %d (%s%s) failed: %s", order.step, order.kind,
+            log.warning("checkpoint of step %d (%s%s) failed: %s", order.step, from_wire(pb.CheckpointKind, order.kind),
                         f" rank {rank}" if rank >= 0 else "", error)
         result.seconds = time.monotonic() - began
         with self._lock:

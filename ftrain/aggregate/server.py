@@ -554,14 +554,14 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
         self._try_restore(request.known_version)
         with self.lock:
             if self._restoring or (not self.initialized and not self._restore_checked):
-                return pb.AggregatorWelcome(status="restoring", incarnation=self.incarnation,
+                return pb.AggregatorWelcome(status=pb.WELCOME_STATUS_RESTORING, incarnation=self.incarnation,
                                             message="the aggregator is restoring its state from the agents")
             self._ensure_strategy_locked(request.world_size)
             if self.budget <= 0 and request.total_steps > 0:
                 self.budget = int(request.total_steps) * max(1, int(request.world_size))
             record = self.progress.get(request.worker_id)
             return pb.AggregatorWelcome(
-                status="ok" if self.initialized else "init", incarnation=self.incarnation, version=self.version,
+                status=pb.WELCOME_STATUS_OK if self.initialized else pb.WELCOME_STATUS_INIT, incarnation=self.incarnation, version=self.version,
                 done=self.done, synchronous=bool(getattr(self.strategy, "synchronous", False)),
                 strategy=repr(self.strategy), resume_step=int(record["step"]) if record else -1,
                 resume_json=record["resume"] if record else "",
@@ -600,7 +600,7 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
                 if self._captured != target and time.monotonic() < deadline:
                     continue
                 reply, after = self._apply_locked(header, vector, context)
-                final = self._captured if reply.done and reply.status != "done" else 0
+                final = self._captured if reply.done and reply.status != pb.PUSH_STATUS_DONE else 0
                 break
         if final:  # the final state is stored before the push that ended the job returns
             self.protector.wait_stored(final, self.protect_timeout_s)
@@ -611,10 +611,10 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
     def _init(self, header: pb.UpdateChunk, vector: torch.Tensor, context: grpc.ServicerContext) -> pb.PushReply:
         with self.lock:
             if self.initialized:
-                return pb.PushReply(status="ignored", message="already initialized", incarnation=self.incarnation,
+                return pb.PushReply(status=pb.PUSH_STATUS_IGNORED, message="already initialized", incarnation=self.incarnation,
                                     version=self.version, done=self.done)
             if not self._restore_checked:
-                return pb.PushReply(status="rebase", message="say Hello first", incarnation=self.incarnation,
+                return pb.PushReply(status=pb.PUSH_STATUS_REBASE, message="say Hello first", incarnation=self.incarnation,
                                     version=-1)
             self._ensure_strategy_locked(header.world_size)
             self.strategy.init(vector.clone())
@@ -622,7 +622,7 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
             self._model_cache = None
             self._capture_locked()
             self.lock.notify_all()
-            reply = pb.PushReply(status="applied", incarnation=self.incarnation, version=self.version, done=self.done)
+            reply = pb.PushReply(status=pb.PUSH_STATUS_APPLIED, incarnation=self.incarnation, version=self.version, done=self.done)
             message = (f"aggregator initialized: {self.strategy!r}, {vector.numel()} parameters from worker "
                        f"{header.worker_id}; budget {self.budget} local steps")
         self._event("aggregator-init", message)
@@ -637,11 +637,11 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
                    f"aggregator restarted (incarnation {inc}, update from {h.incarnation})"
                    if h.incarnation and h.incarnation != inc else
                    f"base version {h.base_version} is ahead of the current version {self.version}")
-            return pb.PushReply(status="rebase", message=why, incarnation=inc, version=self.version,
+            return pb.PushReply(status=pb.PUSH_STATUS_REBASE, message=why, incarnation=inc, version=self.version,
                                 done=self.done), []
         if self.done:
             self.refused += 1
-            return pb.PushReply(status="done", incarnation=inc, version=self.version, done=True), []
+            return pb.PushReply(status=pb.PUSH_STATUS_DONE, incarnation=inc, version=self.version, done=True), []
         model = self.strategy.model
         if delta.numel() != model.numel():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -684,7 +684,7 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
             args = (int(h.rank), int(h.generation), int(h.step), int(h.local_steps), float(h.compute_time_s))
             after.append(lambda: self._safe(progress, *args))
         hold = bool(getattr(self.strategy, "synchronous", False)) and applied and not changed and not self.done
-        return pb.PushReply(status="applied" if applied else "ignored", incarnation=inc, version=self.strategy.version,
+        return pb.PushReply(status=pb.PUSH_STATUS_APPLIED if applied else pb.PUSH_STATUS_IGNORED, incarnation=inc, version=self.strategy.version,
                             staleness=tau, hold=hold, done=self.done), after
 
     @staticmethod
@@ -706,21 +706,21 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
         with self.lock:
             while True:
                 if not self.initialized:
-                    status = "uninitialized"
+                    status = pb.MODEL_STATUS_UNINITIALIZED
                     break
                 if self.done or self.version >= request.min_version:
-                    status = "ok"
+                    status = pb.MODEL_STATUS_OK
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not context.is_active():
-                    status = "wait"
+                    status = pb.MODEL_STATUS_WAIT
                     break
                 self.lock.wait(min(remaining, 0.5))
             inc, done = self.incarnation, self.done
             version = self.version
-            if status == "ok" and request.have_version == version and request.incarnation in ("", inc):
-                status = "unchanged"
-            payload = self._model_bytes_locked() if status == "ok" else None
+            if status == pb.MODEL_STATUS_OK and request.have_version == version and request.incarnation in ("", inc):
+                status = pb.MODEL_STATUS_UNCHANGED
+            payload = self._model_bytes_locked() if status == pb.MODEL_STATUS_OK else None
         if payload is None:
             yield pb.ModelChunk(status=status, incarnation=inc, version=version, done=done)
             return
@@ -731,7 +731,7 @@ class AggregatorService(coordinator_pb2_grpc.AggregatorServicer):
         while True:
             piece = bytes(view[offset:offset + self.chunk_bytes])
             if offset == 0:
-                yield pb.ModelChunk(status="ok", incarnation=inc, version=version, done=done, offset=0,
+                yield pb.ModelChunk(status=pb.MODEL_STATUS_OK, incarnation=inc, version=version, done=done, offset=0,
                                     total_len=len(data), crc32=crc, data=piece)
             else:
                 yield pb.ModelChunk(offset=offset, total_len=len(data), data=piece)

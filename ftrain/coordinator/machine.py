@@ -32,6 +32,7 @@ from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
 from ftrain.snapshot import durable as durable_files
 from ftrain.snapshot.placement import effective_code
 from ftrain.textfmt import restore_phrase, short_reason, survives
+from ftrain.wire import to_wire
 
 
 RESTORE_ATTEMPTS = 2  # generations whose restore of a step failed before the step is given up
@@ -223,16 +224,16 @@ class CoordinatorMachine:
         node = self.membership.nodes.get(request.node_id)
         if node is not None and not node.alive and "evict" in self.commands.get(request.node_id, []):
             self.commands.pop(request.node_id)
-            return pb.HeartbeatResponse(job_state=self.job_state, known=True, commands=["evict"]), self._take()
+            return pb.HeartbeatResponse(job_state=to_wire(pb.JobState, self.job_state), known=True, commands=["evict"]), self._take()
         if node is None or not node.alive:
-            return pb.HeartbeatResponse(job_state=self.job_state, known=False,
+            return pb.HeartbeatResponse(job_state=to_wire(pb.JobState, self.job_state), known=False,
                                         message="unknown node: re-register"), self._take()
         self.liveness.heartbeat(request.node_id, now)
         self.trainers[request.node_id] = list(request.trainers)
         self.shard_bytes[request.node_id] = request.shard_bytes
         self.shard_limit[request.node_id] = request.shard_limit_bytes
         self._checkpoint_results(now, request.node_id, request.checkpoint_results)
-        reply = pb.HeartbeatResponse(job_state=self.job_state, min_retained_step=self.min_retained_step(),
+        reply = pb.HeartbeatResponse(job_state=to_wire(pb.JobState, self.job_state), min_retained_step=self.min_retained_step(),
                                      commands=self.commands.pop(request.node_id, []), message=self.message,
                                      known=True, slot=-1 if node.slot is None else node.slot,
                                      generation=self.plan.generation.number if self.plan else -1,
@@ -305,7 +306,7 @@ class CoordinatorMachine:
             m.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
         self._try_form(now)
         if self.job_state != "running":
-            return pb.GenerationAssignment(status=self.job_state, message=self.message), self._take()
+            return pb.GenerationAssignment(status=to_wire(pb.AssignmentStatus, self.job_state), message=self.message), self._take()
         plan = self.plan
         if plan is not None and plan.generation.number > request.known_generation and not m.pending:
             rank = plan.generation.rank_of(request.trainer_uid)
@@ -331,7 +332,7 @@ class CoordinatorMachine:
     def assignment(self, plan: GenerationPlan, rank: int) -> pb.GenerationAssignment:
         members = self._members(plan)
         return pb.GenerationAssignment(
-            status="ok", generation=plan.generation.number, rank=rank, world_size=plan.generation.world_size,
+            status=pb.ASSIGNMENT_STATUS_OK, generation=plan.generation.number, rank=rank, world_size=plan.generation.world_size,
             store_address=plan.store_address or self.store_address, restore_step=plan.restore_step,
             restore_blobs=plan.blobs, members=members, config=self.config_message(),
             batch_shares=plan.generation.batch_shares,
@@ -883,10 +884,10 @@ class CoordinatorMachine:
         assert self.durable is not None
         for order in orders:
             if isinstance(order, Write):
-                message = pb.CheckpointOrder(kind="write", step=order.step, dir=self.durable.settings.dir,
+                message = pb.CheckpointOrder(kind=pb.CHECKPOINT_KIND_WRITE, step=order.step, dir=self.durable.settings.dir,
                                              blob=order.blob)
             else:
-                message = pb.CheckpointOrder(kind="finalize", step=order.step, dir=self.durable.settings.dir,
+                message = pb.CheckpointOrder(kind=pb.CHECKPOINT_KIND_FINALIZE, step=order.step, dir=self.durable.settings.dir,
                                              manifest_json=json.dumps(order.manifest), keep=self.durable.settings.keep,
                                              dcp=order.dcp)
             self.checkpoint_orders[order.node_id].append(message)
@@ -936,10 +937,10 @@ class CoordinatorMachine:
             if not result.ok:
                 self._checkpoint_outcome(now, self.durable.on_failed(node_id, result.step, result.rank,
                                                                      result.reason, result.detail))
-            elif result.kind == "write":
+            elif result.kind == pb.CHECKPOINT_KIND_WRITE:
                 self._send_orders(self.durable.on_written(node_id, result.step, result.rank, result.file,
                                                           result.bytes, result.crc32, result.seconds))
-            elif result.kind == "finalize":
+            elif result.kind == pb.CHECKPOINT_KIND_FINALIZE:
                 self._checkpoint_outcome(now, self.durable.on_finalized(node_id, result.step, now))
 
     def min_retained_step(self) -> int:

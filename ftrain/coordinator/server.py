@@ -28,6 +28,7 @@ from ftrain.coordinator.machine import CoordinatorMachine, Effects
 from ftrain.proto.ftrain.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as pb, coordinator_pb2_grpc
 from ftrain.rpc import add_health_and_reflection, bind, make_server, open_channel, token_metadata
 from ftrain.snapshot import durable as durable_files
+from ftrain.wire import to_wire
 
 if TYPE_CHECKING:
     from ftrain.aggregate.server import AggregatorService
@@ -216,7 +217,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     return assignment
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not context.is_active():
-                    return pb.GenerationAssignment(status="wait")
+                    return pb.GenerationAssignment(status=pb.ASSIGNMENT_STATUS_WAIT)
                 s.cond.wait(min(remaining, 0.5))
                 first = False
 
@@ -226,7 +227,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             m = s.machine
             _wait(s, lambda: m.membership.number != request.known_generation or m.job_state != "running",
                   min(max(request.wait_s, 0.1), 60.0), context)
-            return pb.WatchResponse(generation=m.membership.number, job_state=m.job_state)
+            return pb.WatchResponse(generation=m.membership.number, job_state=to_wire(pb.JobState, m.job_state))
 
     def ReportFailure(self, request: pb.FailureReport, context: grpc.ServicerContext) -> pb.Ack:
         with self.s.cond:

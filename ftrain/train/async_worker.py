@@ -52,6 +52,7 @@ from ftrain.rpc import CHUNK_BYTES, call_retrying, open_channel, token_metadata
 from ftrain.snapshot.erasure import shard_checksum
 from ftrain.train.client import CoordinatorClient, CoordinatorUnavailable, JobFailed
 from ftrain.train.data import ElasticSampler
+from ftrain.wire import from_wire
 
 if TYPE_CHECKING:  # pragma: no cover
     from ftrain.config import TrainerEnv
@@ -122,7 +123,7 @@ class AggregatorClient:
         deadline = time.monotonic() + max(self.connect_timeout_s, 90.0)
         while True:
             welcome = self._retry(lambda: self.stub.Hello(request, timeout=60.0, metadata=self.metadata))
-            if welcome.status != "restoring" or time.monotonic() > deadline:
+            if welcome.status != pb.WELCOME_STATUS_RESTORING or time.monotonic() > deadline:
                 return welcome
             time.sleep(0.25)
 
@@ -157,7 +158,7 @@ class AggregatorClient:
             for chunk in self.stub.Pull(request, timeout=wait_s + 120.0, metadata=self.metadata):
                 if head is None:
                     head = chunk
-                    if chunk.status != "ok":
+                    if chunk.status != pb.MODEL_STATUS_OK:
                         return chunk, None
                     buffer = bytearray(chunk.total_len)
                 buffer[chunk.offset:chunk.offset + len(chunk.data)] = chunk.data  # type: ignore[index]
@@ -296,9 +297,9 @@ class AsyncWorker:
 
         def follow() -> None:
             reply = self.coordinator.wait_generation_change(generation, self.closed, lambda: s.generation == generation)
-            if reply is None or reply.job_state == "complete":
+            if reply is None or reply.job_state == pb.JOB_STATE_COMPLETE:
                 return
-            if reply.job_state == "failed":
+            if reply.job_state == pb.JOB_STATE_FAILED:
                 self._follow_error = JobFailed("the coordinator declared the job failed")
                 return
             try:
@@ -326,12 +327,12 @@ class AsyncWorker:
             worker_id=self.worker_id, rank=s.rank, world_size=s.world_size, generation=s.generation,
             total_steps=self.total_steps, model_numel=sum(p.numel() for p in self.params),
             known_version=self.version, known_incarnation=self.incarnation))
-        if welcome.status == "restoring":
+        if welcome.status == pb.WELCOME_STATUS_RESTORING:
             raise CoordinatorUnavailable(f"the aggregator is still restoring its state: {welcome.message}")
-        if welcome.status == "init":
+        if welcome.status == pb.WELCOME_STATUS_INIT:
             reply = self.client.push(flat_parameters(self.params), init=True, worker_id=self.worker_id, rank=s.rank,
                                      generation=s.generation, world_size=s.world_size)
-            if reply.status == "rebase":
+            if reply.status == pb.PUSH_STATUS_REBASE:
                 return self._hello()
         self.incarnation = welcome.incarnation
         self.synchronous = welcome.synchronous
@@ -344,19 +345,19 @@ class AsyncWorker:
             have = self.version if self.x_start is not None else -1
             head, vector = self.client.pull(have_version=have, min_version=min_version, incarnation=self.incarnation,
                                             wait_s=20.0 if min_version > 0 else 0.0)
-            if head.status == "wait":
+            if head.status == pb.MODEL_STATUS_WAIT:
                 self._between_rounds()
                 continue
-            if head.status == "uninitialized":
+            if head.status == pb.MODEL_STATUS_UNINITIALIZED:
                 self._hello()
                 continue
             if head.incarnation != self.incarnation:  # the aggregator restarted: its versions start over
                 self.incarnation = head.incarnation
                 self.x_start = None
-                if head.status != "ok":
+                if head.status != pb.MODEL_STATUS_OK:
                     continue
             self.done = self.done or head.done
-            if head.status == "unchanged" and self.x_start is not None:
+            if head.status == pb.MODEL_STATUS_UNCHANGED and self.x_start is not None:
                 load_flat(self.params, self.x_start)
             elif vector is not None:
                 load_flat(self.params, vector)
@@ -375,10 +376,10 @@ class AsyncWorker:
                                  resume_json=self.shard.position() if self.shard is not None else "",
                                  world_size=s.world_size, compute_time_s=compute)
         self.stats["pushes"] += 1
-        if reply.status in ("applied", "ignored"):
-            self.stats[reply.status] += 1
+        if reply.status in (pb.PUSH_STATUS_APPLIED, pb.PUSH_STATUS_IGNORED):
+            self.stats[from_wire(pb.PushStatus, reply.status)] += 1
             self.stats["max_staleness"] = max(self.stats["max_staleness"], reply.staleness)
-            if reply.status == "applied":
+            if reply.status == pb.PUSH_STATUS_APPLIED:
                 s.mark_committed(s.step)
         self.done = self.done or reply.done
         return reply
@@ -419,7 +420,7 @@ class AsyncWorker:
                     samples += len(indices) if self.shard is not None else 1
                     s.reporter.step_done(time.perf_counter() - started)
                 reply = self._push(steps, samples)
-                if reply.status == "rebase":
+                if reply.status == pb.PUSH_STATUS_REBASE:
                     self.stats["rebased"] += 1
                     log.warning("rank %d: update from version %d not applied (%s); re-pulling", s.rank, base,
                                 reply.message)
@@ -449,9 +450,9 @@ class AsyncWorker:
                                                                rank=s.rank, step=s.step))
             while True:
                 reply = self.coordinator.watch(pb.WatchRequest(known_generation=s.generation, wait_s=20.0))
-                if reply.job_state == "complete":
+                if reply.job_state == pb.JOB_STATE_COMPLETE:
                     return
-                if reply.job_state == "failed":
+                if reply.job_state == pb.JOB_STATE_FAILED:
                     raise JobFailed("the coordinator declared the job failed")
                 if reply.generation != s.generation:
                     break

@@ -66,10 +66,14 @@ class CoordinatorClient:
             reply: pb.GenerationAssignment = self._call(self.stub.JoinGeneration, pb.JoinRequest(
                 trainer_uid=trainer_uid, node_id=self.env.node_id, local_rank=self.env.local_rank,
                 known_generation=known_generation, wait_s=20.0), timeout=30.0)
-            if reply.status == "wait":
+            if reply.status == pb.ASSIGNMENT_STATUS_WAIT:
                 continue
-            if reply.status == "failed":
+            if reply.status == pb.ASSIGNMENT_STATUS_FAILED:
                 raise JobFailed(reply.message or "the coordinator declared the job failed")
+            if reply.status not in (pb.ASSIGNMENT_STATUS_OK, pb.ASSIGNMENT_STATUS_COMPLETE):
+                raise RuntimeError(f"ftrain: the coordinator {self.env.coordinator} answered JoinGeneration with status "
+                                   f"{reply.status}, which this trainer does not know: it runs another ftrain "
+                                   "version; run the same one everywhere")
             return reply
 
     def wait_generation_change(self, generation: int, closed: threading.Event,
@@ -84,7 +88,7 @@ class CoordinatorClient:
                 if closed.wait(1.0):
                     return None
                 continue
-            if reply.generation != generation or reply.job_state != "running":
+            if reply.generation != generation or reply.job_state != pb.JOB_STATE_RUNNING:
                 return reply
         return None
 

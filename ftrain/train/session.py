@@ -244,7 +244,7 @@ class Session:
                                                 self.env.job_id, self.env.local_rank)
         self._start_pulse()
         first = self.client.join(self.trainer_uid, self.generation)
-        if first.status == "ok" and first.config.mode == "async":  # no process group: push/pull every H steps
+        if first.status == pb.ASSIGNMENT_STATUS_OK and first.config.mode == "async":  # no process group: push/pull every H steps
             self.model = model  # nothing is averaged in async mode: each worker steps on its own
             self.reducer.close()
             self.rank, self.world_size, self.generation = first.rank, first.world_size, first.generation
@@ -643,7 +643,7 @@ class Session:
                 self._feed.reset()
             self.engine.wait_previous()
             assignment, pending = pending or self._coordinator.join(self.trainer_uid, self.generation), None
-            if assignment.status == "complete":
+            if assignment.status == pb.ASSIGNMENT_STATUS_COMPLETE:
                 # a spare that was never needed (or a trainer replaced meanwhile): it must not run the
                 # user's code after the loop (it has no rank), so it leaves quietly
                 log.info("the job completed without this trainer (a spare); exiting")
@@ -979,7 +979,7 @@ class Session:
         def watch() -> None:
             reply = self._coordinator.wait_generation_change(generation, self._closed,
                                                              lambda: self.generation == generation)
-            if reply is not None and (reply.generation != generation or reply.job_state == "failed") \
+            if reply is not None and (reply.generation != generation or reply.job_state == pb.JOB_STATE_FAILED) \
                     and self.generation == generation:
                 self._moved.set()
 

@@ -1,10 +1,96 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_COMPLETE: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+
+class TrainerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAINER_STATE_UNSPECIFIED: _ClassVar[TrainerState]
+    TRAINER_STATE_RUNNING: _ClassVar[TrainerState]
+    TRAINER_STATE_EXITED: _ClassVar[TrainerState]
+    TRAINER_STATE_RESTARTING: _ClassVar[TrainerState]
+    TRAINER_STATE_FINISHED: _ClassVar[TrainerState]
+    TRAINER_STATE_JOINING: _ClassVar[TrainerState]
+
+class CheckpointKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECKPOINT_KIND_UNSPECIFIED: _ClassVar[CheckpointKind]
+    CHECKPOINT_KIND_WRITE: _ClassVar[CheckpointKind]
+    CHECKPOINT_KIND_FINALIZE: _ClassVar[CheckpointKind]
+
+class AssignmentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ASSIGNMENT_STATUS_UNSPECIFIED: _ClassVar[AssignmentStatus]
+    ASSIGNMENT_STATUS_OK: _ClassVar[AssignmentStatus]
+    ASSIGNMENT_STATUS_WAIT: _ClassVar[AssignmentStatus]
+    ASSIGNMENT_STATUS_COMPLETE: _ClassVar[AssignmentStatus]
+    ASSIGNMENT_STATUS_FAILED: _ClassVar[AssignmentStatus]
+
+class WelcomeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WELCOME_STATUS_UNSPECIFIED: _ClassVar[WelcomeStatus]
+    WELCOME_STATUS_OK: _ClassVar[WelcomeStatus]
+    WELCOME_STATUS_INIT: _ClassVar[WelcomeStatus]
+    WELCOME_STATUS_RESTORING: _ClassVar[WelcomeStatus]
+
+class PushStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUSH_STATUS_UNSPECIFIED: _ClassVar[PushStatus]
+    PUSH_STATUS_APPLIED: _ClassVar[PushStatus]
+    PUSH_STATUS_IGNORED: _ClassVar[PushStatus]
+    PUSH_STATUS_DONE: _ClassVar[PushStatus]
+    PUSH_STATUS_REBASE: _ClassVar[PushStatus]
+
+class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATUS_UNSPECIFIED: _ClassVar[ModelStatus]
+    MODEL_STATUS_OK: _ClassVar[ModelStatus]
+    MODEL_STATUS_UNCHANGED: _ClassVar[ModelStatus]
+    MODEL_STATUS_WAIT: _ClassVar[ModelStatus]
+    MODEL_STATUS_UNINITIALIZED: _ClassVar[ModelStatus]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_COMPLETE: JobState
+JOB_STATE_FAILED: JobState
+TRAINER_STATE_UNSPECIFIED: TrainerState
+TRAINER_STATE_RUNNING: TrainerState
+TRAINER_STATE_EXITED: TrainerState
+TRAINER_STATE_RESTARTING: TrainerState
+TRAINER_STATE_FINISHED: TrainerState
+TRAINER_STATE_JOINING: TrainerState
+CHECKPOINT_KIND_UNSPECIFIED: CheckpointKind
+CHECKPOINT_KIND_WRITE: CheckpointKind
+CHECKPOINT_KIND_FINALIZE: CheckpointKind
+ASSIGNMENT_STATUS_UNSPECIFIED: AssignmentStatus
+ASSIGNMENT_STATUS_OK: AssignmentStatus
+ASSIGNMENT_STATUS_WAIT: AssignmentStatus
+ASSIGNMENT_STATUS_COMPLETE: AssignmentStatus
+ASSIGNMENT_STATUS_FAILED: AssignmentStatus
+WELCOME_STATUS_UNSPECIFIED: WelcomeStatus
+WELCOME_STATUS_OK: WelcomeStatus
+WELCOME_STATUS_INIT: WelcomeStatus
+WELCOME_STATUS_RESTORING: WelcomeStatus
+PUSH_STATUS_UNSPECIFIED: PushStatus
+PUSH_STATUS_APPLIED: PushStatus
+PUSH_STATUS_IGNORED: PushStatus
+PUSH_STATUS_DONE: PushStatus
+PUSH_STATUS_REBASE: PushStatus
+MODEL_STATUS_UNSPECIFIED: ModelStatus
+MODEL_STATUS_OK: ModelStatus
+MODEL_STATUS_UNCHANGED: ModelStatus
+MODEL_STATUS_WAIT: ModelStatus
+MODEL_STATUS_UNINITIALIZED: ModelStatus
 
 class Ack(_message.Message):
     __slots__ = ("ok", "message")
@@ -23,10 +109,10 @@ class TrainerInfo(_message.Message):
     LAST_STEP_FIELD_NUMBER: _ClassVar[int]
     local_rank: int
     pid: int
-    state: str
+    state: TrainerState
     exit_code: int
     last_step: int
-    def __init__(self, local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
+    def __init__(self, local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[TrainerState, str]] = ..., exit_code: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "address", "nproc", "hostname", "protocol_version", "metrics_address", "slot", "generation", "held", "ec_backend")
@@ -97,7 +183,7 @@ class HeartbeatResponse(_message.Message):
     CHECKPOINT_PENDING_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
     PINNED_STEPS_FIELD_NUMBER: _ClassVar[int]
-    job_state: str
+    job_state: JobState
     min_retained_step: int
     commands: _containers.RepeatedScalarFieldContainer[str]
     message: str
@@ -108,7 +194,7 @@ class HeartbeatResponse(_message.Message):
     checkpoint_pending: bool
     skipped_steps: _containers.RepeatedScalarFieldContainer[int]
     pinned_steps: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_state: _Optional[str] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ..., pinned_steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, job_state: _Optional[_Union[JobState, str]] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ..., pinned_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CheckpointOrder(_message.Message):
     __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep", "dcp")
@@ -119,14 +205,14 @@ class CheckpointOrder(_message.Message):
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     KEEP_FIELD_NUMBER: _ClassVar[int]
     DCP_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    kind: CheckpointKind
     step: int
     dir: str
     blob: BlobInfo
     manifest_json: str
     keep: int
     dcp: bool
-    def __init__(self, kind: _Optional[str] = ..., step: _Optional[int] = ..., dir: _Optional[str] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., manifest_json: _Optional[str] = ..., keep: _Optional[int] = ..., dcp: _Optional[bool] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[CheckpointKind, str]] = ..., step: _Optional[int] = ..., dir: _Optional[str] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., manifest_json: _Optional[str] = ..., keep: _Optional[int] = ..., dcp: _Optional[bool] = ...) -> None: ...
 
 class CheckpointResult(_message.Message):
     __slots__ = ("kind", "step", "rank", "ok", "reason", "file", "bytes", "seconds", "crc32", "detail")
@@ -140,7 +226,7 @@ class CheckpointResult(_message.Message):
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    kind: CheckpointKind
     step: int
     rank: int
     ok: bool
@@ -150,7 +236,7 @@ class CheckpointResult(_message.Message):
     seconds: float
     crc32: int
     detail: str
-    def __init__(self, kind: _Optional[str] = ..., step: _Optional[int] = ..., rank: _Optional[int] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., file: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., crc32: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[CheckpointKind, str]] = ..., step: _Optional[int] = ..., rank: _Optional[int] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., file: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., crc32: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class TrainerExit(_message.Message):
     __slots__ = ("node_id", "local_rank", "pid", "exit_code", "will_restart", "uptime_s")
@@ -291,7 +377,7 @@ class GenerationAssignment(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SHARES_FIELD_NUMBER: _ClassVar[int]
-    status: str
+    status: AssignmentStatus
     generation: int
     rank: int
     world_size: int
@@ -302,7 +388,7 @@ class GenerationAssignment(_message.Message):
     config: JobConfig
     message: str
     batch_shares: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, status: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., store_address: _Optional[str] = ..., restore_step: _Optional[int] = ..., restore_blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., message: _Optional[str] = ..., batch_shares: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[AssignmentStatus, str]] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., store_address: _Optional[str] = ..., restore_step: _Optional[int] = ..., restore_blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., message: _Optional[str] = ..., batch_shares: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FailureReport(_message.Message):
     __slots__ = ("trainer_uid", "generation", "rank", "reason", "restore_failed")
@@ -389,8 +475,8 @@ class WatchResponse(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     generation: int
-    job_state: str
-    def __init__(self, generation: _Optional[int] = ..., job_state: _Optional[str] = ...) -> None: ...
+    job_state: JobState
+    def __init__(self, generation: _Optional[int] = ..., job_state: _Optional[_Union[JobState, str]] = ...) -> None: ...
 
 class ProgressReport(_message.Message):
     __slots__ = ("trainer_uid", "generation", "rank", "step", "compute_time_s", "in_collective", "pulse")
@@ -504,7 +590,7 @@ class AggregatorWelcome(_message.Message):
     RESUME_WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     STEPS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
-    status: str
+    status: WelcomeStatus
     message: str
     incarnation: str
     version: int
@@ -516,7 +602,7 @@ class AggregatorWelcome(_message.Message):
     resume_world_size: int
     budget: int
     steps_accepted: int
-    def __init__(self, status: _Optional[str] = ..., message: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., done: _Optional[bool] = ..., synchronous: _Optional[bool] = ..., strategy: _Optional[str] = ..., resume_step: _Optional[int] = ..., resume_json: _Optional[str] = ..., resume_world_size: _Optional[int] = ..., budget: _Optional[int] = ..., steps_accepted: _Optional[int] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[WelcomeStatus, str]] = ..., message: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., done: _Optional[bool] = ..., synchronous: _Optional[bool] = ..., strategy: _Optional[str] = ..., resume_step: _Optional[int] = ..., resume_json: _Optional[str] = ..., resume_world_size: _Optional[int] = ..., budget: _Optional[int] = ..., steps_accepted: _Optional[int] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("incarnation", "worker_id", "rank", "generation", "base_version", "num_samples", "local_steps", "step", "resume_json", "world_size", "init", "compute_time_s", "offset", "total_len", "crc32", "data")
@@ -563,14 +649,14 @@ class PushReply(_message.Message):
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
-    status: str
+    status: PushStatus
     message: str
     incarnation: str
     version: int
     staleness: int
     hold: bool
     done: bool
-    def __init__(self, status: _Optional[str] = ..., message: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., staleness: _Optional[int] = ..., hold: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[PushStatus, str]] = ..., message: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., staleness: _Optional[int] = ..., hold: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("worker_id", "have_version", "min_version", "wait_s", "incarnation")
@@ -596,7 +682,7 @@ class ModelChunk(_message.Message):
     TOTAL_LEN_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
-    status: str
+    status: ModelStatus
     incarnation: str
     version: int
     done: bool
@@ -604,7 +690,7 @@ class ModelChunk(_message.Message):
     total_len: int
     crc32: int
     data: bytes
-    def __init__(self, status: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., done: _Optional[bool] = ..., offset: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[ModelStatus, str]] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., done: _Optional[bool] = ..., offset: _Optional[int] = ..., total_len: _Optional[int] = ..., crc32: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AggregatorStatusRequest(_message.Message):
     __slots__ = ("include_records",)
