@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ftrain.config import JobSettings, parse_fault  # noqa: E402
+from ftrain.launch.base import Launcher  # noqa: E402
 from ftrain.launch.local import LocalLauncher  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def run_ftrain(nodes: int, steps: int, kill_step: int, dim: int, workdir: Path, 
                                                "--dim", str(dim)], replace_delay_s=1.0, agent_output=log,
                                  spares=spares)
 
-        def tick(running: LocalLauncher) -> None:
+        def tick(running: Launcher) -> None:
             progress.append((time.time(), running.coordinator.state.machine.catalog.newest_committed))
 
         code = launcher.run(on_tick=tick)

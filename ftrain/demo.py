@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ftrain.config import JobSettings, parse_fault
+from ftrain.launch.base import Launcher
 from ftrain.launch.local import LocalLauncher
 from ftrain.textfmt import LINE_WIDTH, fit
 
@@ -38,7 +39,7 @@ class LiveView:
         self.last_filled = -1
         self.announced = False
 
-    def __call__(self, launcher: LocalLauncher) -> None:
+    def __call__(self, launcher: Launcher) -> None:
         state = launcher.coordinator.state
         with state.cond:
             events = list(state.events)[self.seen:]
@@ -49,7 +50,7 @@ class LiveView:
             generation = plan.generation.number if plan else -1
             joined = sum(1 for node in state.machine.membership.nodes.values() if node.alive)
         if self.live and not self.announced:  # the nodes take seconds to start: say so
-            self.out.write(f"  {self.label}: starting {len(launcher.agents)} nodes (agent + trainer processes)...\n")
+            self.out.write(f"  {self.label}: starting {launcher.started_agents} nodes (agent + trainer processes)...\n")
             self.announced = True
         for event in events:
             if self.live and event["kind"] in ("inject", "failure", "generation", "recovered", "job-complete", "job-failed"):

@@ -216,3 +216,15 @@ def test_pure_modules_import_no_io() -> None:
                 if name in IMPURE or name.split(".")[0] in IMPURE:
                     found.append(f"{_rel(path)}:{node.lineno}: {name}")
     assert not found, "a pure module imports I/O:\n" + "\n".join(found)
+
+
+def test_launch_backends_share_one_base() -> None:
+    """Each `ftrain launch` backend implements ftrain.launch.base's four methods; none builds on
+    another backend (the ssh and Ray launchers once subclassed the local one and re-implemented it)."""
+    from ftrain.launch import base, local, ray, ssh
+
+    backends = [local.LocalLauncher, ssh.SshLauncher, ray.RayLauncher]
+    for backend in backends:
+        assert issubclass(backend, base.Launcher) and not backend.__abstractmethods__, backend
+        for other in backends:
+            assert other is backend or not issubclass(backend, other), (backend, other)

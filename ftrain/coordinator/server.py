@@ -110,6 +110,11 @@ class CoordinatorState:
             status["events"] = list(self.events)[-20:]
             return status
 
+    def dead_nodes(self) -> set[str]:
+        """The nodes declared dead (a launcher fences those whose agent still runs)."""
+        with self.cond:
+            return {node_id for node_id, node in self.machine.membership.nodes.items() if not node.alive}
+
     # -- the aggregator's view of the coordinator (ftrain.aggregate.server.CoordinatorLink) ---------
     def live_agents(self) -> list[tuple[str, str]]:
         with self.cond:

@@ -31,10 +31,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ftrain.config import ConfigError, JobSettings, agent_argv
-from ftrain.launch.local import LocalLauncher
+from ftrain.launch.base import Launcher
 from ftrain.launch.ssh import BOOTSTRAP, forwarded_env, parse_env_assignments
 
 log = logging.getLogger("ftrain.launch.ray")
@@ -117,8 +117,9 @@ class AgentActor:
             self.process.kill()
 
 
-class RayLauncher(LocalLauncher):
-    """LocalLauncher whose agents are Ray actors in a placement group."""
+class RayLauncher(Launcher):
+    """Agents as Ray actors in a placement group; Ray restarts a lost node's actor (no replacement
+    schedule here)."""
 
     def __init__(self, settings: JobSettings, nproc_per_node: int, command: list[str], *,
                  ray_address: str | None = None, placement: str = "auto", cpus_per_node: float = 1.0,
@@ -151,7 +152,9 @@ class RayLauncher(LocalLauncher):
                 coordinator_host = "127.0.0.1" if self.single_machine else here
             if agent_host is None and self.single_machine:
                 agent_host = "127.0.0.1"
-            super().__init__(settings, nproc_per_node, command, host=coordinator_host, **kwargs)
+            super().__init__(settings, nproc_per_node, command, host=coordinator_host,
+                             log_level=log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                             **kwargs)
         except BaseException:
             if self._owns_ray:
                 ray.shutdown()
@@ -164,7 +167,6 @@ class RayLauncher(LocalLauncher):
         self.remote_env = forwarded_env()
         self.remote_env.setdefault("PYTHONUNBUFFERED", "1")
         self.remote_env.update(remote_env or {})
-        self.log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.placement_group: Any = None
         self.strategy = ""
         self.actors: list[Any] = []  # actor handles, index = node slot at launch
@@ -204,7 +206,7 @@ class RayLauncher(LocalLauncher):
                 "(lower --ray-cpus-per-node / --gpus-per-node, or --ray-placement pack)") from None
 
     # -- agents ------------------------------------------------------------------------------------
-    def _spawn_agent(self) -> Any:
+    def start_agent(self) -> str:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         index = len(self.actors)
@@ -222,9 +224,9 @@ class RayLauncher(LocalLauncher):
                               self.log_level, self.agent_host, agent_args)
         self.actors.append(actor)
         self._waits[index] = actor.wait.remote(None)
-        return actor
+        return f"actor {actor_name(self.settings.job_id, index)}"
 
-    def _watch_agents(self) -> None:
+    def watch_agents(self, now: float) -> None:
         pending = [ref for i, ref in self._waits.items() if i not in self._reported]
         if not pending:
             return
@@ -239,23 +241,15 @@ class RayLauncher(LocalLauncher):
             except self.ray.exceptions.RayActorError as error:
                 log.warning("agent actor %d is gone for good: %s", index, str(error).splitlines()[0])
 
-    def _drain(self) -> int:
-        state = self.coordinator.state.job_state
-        self.coordinator.wait_checkpoints()  # the last durable checkpoint first (agents stay for it)
+    def drain_agents(self, deadline: float) -> None:
         refs = [ref for i, ref in self._waits.items() if i not in self._reported]
         if refs:
-            self.ray.wait(refs, num_returns=len(refs), timeout=20.0)
-        return 0 if state == "complete" else 1
+            self.ray.wait(refs, num_returns=len(refs), timeout=max(0.1, deadline - time.monotonic()))
 
-    def run(self, on_tick: Callable[["LocalLauncher"], None] | None = None) -> int:
-        try:
-            self._create_placement_group()
-        except BaseException:
-            self.shutdown()
-            raise
-        return super().run(on_tick)
+    def prepare(self) -> None:
+        self._create_placement_group()
 
-    def shutdown(self) -> None:
+    def stop_agents(self) -> None:
         ray = self.ray
         for actor in self.actors:
             try:
@@ -269,13 +263,16 @@ class RayLauncher(LocalLauncher):
                 remove_placement_group(self.placement_group)
             except Exception as error:
                 log.debug("remove placement group: %s", error)
-        self.coordinator.stop()
+            self.placement_group = None
+
+    def shutdown(self) -> None:
+        super().shutdown()
         if self._owns_ray:
-            ray.shutdown()
+            self.ray.shutdown()
 
 
-def launcher_from_args(args, settings: JobSettings, command: list[str], **common: Any) -> RayLauncher:
-    """Builds the launcher from `ftrain launch --backend ray` arguments (`common`: LocalLauncher's keywords)."""
+def launcher_from_args(args: Any, settings: JobSettings, command: list[str], **common: Any) -> RayLauncher:
+    """Builds the launcher from `ftrain launch --backend ray` arguments (`common`: Launcher's keywords)."""
     return RayLauncher(settings, args.nproc_per_node, command, ray_address=args.ray_address,
                        placement=args.ray_placement, cpus_per_node=args.ray_cpus_per_node,
                        gpus_per_node=args.gpus_per_node, coordinator_host=args.coordinator_host,

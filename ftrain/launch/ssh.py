@@ -37,10 +37,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
-from ftrain.config import ConfigError, JobSettings, agent_argv
-from ftrain.launch.local import AgentProcess, LocalLauncher
+from ftrain.config import ConfigError, JobSettings
+from ftrain.launch.base import AgentProcess, Launcher, ProcessLauncher
 
 log = logging.getLogger("ftrain.launch.ssh")
 
@@ -235,18 +235,21 @@ class SshAgent(AgentProcess):
     reader: threading.Thread | None = None
 
 
-class SshLauncher(LocalLauncher):
-    """LocalLauncher whose agents run on the hosts of a hosts file, started over SSH."""
+class SshLauncher(ProcessLauncher):
+    """Agents on the hosts of a hosts file, each started over SSH; the local child process of each
+    is its ssh client (fencing or killing it ends the remote agent through the bootstrap)."""
 
     def __init__(self, settings: JobSettings, nproc_per_node: int, command: list[str], hosts: Sequence[HostSpec], *,
                  remote_python: str = "python3", ssh_options: Sequence[str] = (), identity: str | None = None,
                  coordinator_host: str | None = None, remote_env: dict[str, str] | None = None,
                  remote_cwd: str | None = None, launch_retries: int = 2, ssh_binary: str = "ssh",
-                 log_stream: TextIO | None = None, log_level: str | None = None, **kwargs) -> None:
+                 log_stream: TextIO | None = None, log_level: str | None = None, **kwargs: Any) -> None:
         if not hosts:
             raise ConfigError("--backend ssh needs at least one host in --hosts")
         host = coordinator_host or default_coordinator_host(hosts)
-        super().__init__(settings, nproc_per_node, command, host=host, **kwargs)
+        super().__init__(settings, nproc_per_node, command, host=host,
+                         log_level=log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                         **kwargs)
         self.hosts = list(hosts)
         self.remote_python = remote_python
         self.ssh_options = list(ssh_options)
@@ -258,7 +261,6 @@ class SshLauncher(LocalLauncher):
         self.launch_retries = launch_retries
         self.ssh_binary = ssh_binary
         self.log_stream = log_stream
-        self.log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self._initial = 0
         self._relaunch_on: collections.deque[HostSpec] = collections.deque()
         self._launch_failures: collections.Counter[int] = collections.Counter()
@@ -282,10 +284,7 @@ class SshLauncher(LocalLauncher):
     def remote_command(self, host: HostSpec, node_id: str) -> str:
         """The command line the remote shell runs (no secret in it: the token goes over stdin)."""
         python = host.python or self.remote_python
-        agent = ["-m", "ftrain", *agent_argv(
-            self.coordinator.address, self.nproc, self.settings.job_id, host.advertise, self.command,
-            node_id=node_id, log_level=self.log_level,
-            metrics_port=self.agent_metrics_port(int(node_id.removeprefix("node"))))]
+        agent = self.agent_args(node_id, int(node_id.removeprefix("node")), host.advertise)
         # `exec` so the bootstrap is the session's process; it runs the agent with the same interpreter
         return (f"exec {_remote_path(python)} -u -c {shlex.quote(BOOTSTRAP)} {_remote_path(python)} "
                 + shlex.join(agent))
@@ -295,14 +294,13 @@ class SshLauncher(LocalLauncher):
                             "cwd": host.cwd or self.remote_cwd}) + "\n").encode()
 
     # -- agents ----------------------------------------------------------------------------------
-    def _spawn_agent(self) -> AgentProcess:
+    def start_agent(self) -> str:
         if self._relaunch_on:
             host = self._relaunch_on.popleft()
         else:
             host = self.hosts[self._initial % len(self.hosts)]
             self._initial += 1
-        node_id = f"node{self._next_node}"
-        self._next_node += 1
+        node_id, _ = self.next_node()
         argv = self.ssh_argv(host) + [self.remote_command(host, node_id)]
         # own session: Ctrl-C in the terminal reaches only the launcher, which tears down in order
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -313,13 +311,13 @@ class SshLauncher(LocalLauncher):
             process.stdin.write(self.bootstrap_message(host))
             process.stdin.flush()
         except OSError:
-            pass  # ssh already gone: reported as a launch failure by _watch_agents
+            pass  # ssh already gone: reported as a launch failure by agent_exited
         agent.reader = threading.Thread(target=self._read_output, args=(agent,), name=f"ftrain-ssh-{node_id}",
                                         daemon=True)
         agent.reader.start()
         self.agents.append(agent)
         log.info("starting agent %s on %s (%s)", node_id, host.label, host.where)
-        return agent
+        return f"{node_id} on {host.label}"
 
     def _emit(self, text: str) -> None:
         stream = self.log_stream or sys.stderr
@@ -350,41 +348,36 @@ class SshLauncher(LocalLauncher):
             self._emit(f"{prefix} {line}")
         stdout.close()
 
-    def _watch_agents(self) -> None:
-        now = time.monotonic()
-        for agent in self.agents:
-            if getattr(agent, "handled", False) or agent.process.poll() is None:
-                continue
-            assert isinstance(agent, SshAgent) and agent.host is not None
-            if agent.reader is not None:
-                agent.reader.join(timeout=1.0)  # the last lines (and the started marker) are in
-            key = id(agent.host)
-            if not agent.ready or (agent.agent_exit is not None and agent.agent_exit >= 0):
-                # ssh, the bootstrap or the agent failed on its own (connection, auth, python path, no
-                # ftrain there...), as opposed to a node lost to a signal: retry a few times, then fail
-                agent.handled = True  # type: ignore[attr-defined]
-                self._launch_failures[key] += 1
-                detail = " | ".join(line for line in agent.tail if line.strip())[-1500:] or "no output"
-                what = (f"its agent exited with {agent.agent_exit}" if agent.ready
-                        else f"ssh exited with {agent.process.returncode}")
-                message = f"could not run an agent on {agent.host.label} ({agent.host.where}): {what}: {detail}"
-                if self._launch_failures[key] > self.launch_retries:
-                    log.error("%s; giving up after %d attempts", message, self._launch_failures[key])
-                    self.coordinator.state.fail(message)
-                    continue
-                log.warning("%s; retrying in %.1f s", message, self.replace_delay_s)
-                self._relaunch_on.append(agent.host)
-                self._replacements.append(now + self.replace_delay_s)
-            else:  # the node was lost (kill-node, a dropped connection): LocalLauncher replaces it
-                self._launch_failures[key] = 0
-                if self.replace:
-                    self._relaunch_on.append(agent.host)  # scheduled by LocalLauncher; _spawn_agent takes the host
-        super()._watch_agents()
+    def agent_exited(self, agent: AgentProcess, now: float) -> None:
+        assert isinstance(agent, SshAgent)
+        if agent.reader is not None:
+            agent.reader.join(timeout=1.0)  # the last lines (and the started marker) are in
+        key = id(agent.host)
+        if not agent.ready or (agent.agent_exit is not None and agent.agent_exit >= 0):
+            # ssh, the bootstrap or the agent failed on its own (connection, auth, python path, no
+            # ftrain there...), as opposed to a node lost to a signal: retry a few times, then fail
+            self._launch_failures[key] += 1
+            detail = " | ".join(line for line in agent.tail if line.strip())[-1500:] or "no output"
+            what = (f"its agent exited with {agent.agent_exit}" if agent.ready
+                    else f"ssh exited with {agent.process.returncode}")
+            message = f"could not run an agent on {agent.host.label} ({agent.host.where}): {what}: {detail}"
+            if self._launch_failures[key] > self.launch_retries:
+                log.error("%s; giving up after %d attempts", message, self._launch_failures[key])
+                self.coordinator.state.fail(message)
+                return
+            log.warning("%s; retrying in %.1f s", message, self.replace_delay_s)
+            self._relaunch_on.append(agent.host)
+            self.replacements_due.append(now + self.replace_delay_s)  # even with --no-replace: it never ran
+            return
+        self._launch_failures[key] = 0  # the node was lost (kill-node, a dropped connection)
+        if self.replace:
+            self._relaunch_on.append(agent.host)  # the replacement's start_agent takes this host
+        super().agent_exited(agent, now)
 
-    def run(self, on_tick: Callable[["LocalLauncher"], None] | None = None) -> int:
+    def run(self, on_tick: Callable[[Launcher], None] | None = None) -> int:
         previous = None
         if threading.current_thread() is threading.main_thread():
-            def _terminate(signum, frame):  # SIGTERM tears down like Ctrl-C
+            def _terminate(signum: int, frame: Any) -> None:  # SIGTERM tears down like Ctrl-C
                 raise KeyboardInterrupt
             previous = signal.signal(signal.SIGTERM, _terminate)
         try:
@@ -393,7 +386,7 @@ class SshLauncher(LocalLauncher):
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
-    def shutdown(self) -> None:
+    def stop_agents(self) -> None:
         live = [a for a in self.agents if a.process.poll() is None]
         for agent in live:  # closing stdin makes the remote bootstrap kill its agent's process group
             assert agent.process.stdin is not None  # stdin=PIPE
@@ -425,18 +418,16 @@ class SshLauncher(LocalLauncher):
         for agent in self.agents:
             if isinstance(agent, SshAgent) and agent.reader is not None:
                 agent.reader.join(timeout=1.0)
-            for stream in (agent.process.stdin,):
-                try:
-                    if stream is not None:
-                        stream.close()
-                except OSError:
-                    pass
-        self.coordinator.stop()
+            try:
+                if agent.process.stdin is not None:
+                    agent.process.stdin.close()
+            except OSError:
+                pass
 
 
-def launcher_from_args(args, settings: JobSettings, command: list[str], hosts: Sequence[HostSpec],
-                       **common) -> SshLauncher:
-    """Builds the launcher from `ftrain launch --backend ssh` arguments (`common`: LocalLauncher's keywords)."""
+def launcher_from_args(args: Any, settings: JobSettings, command: list[str], hosts: Sequence[HostSpec],
+                       **common: Any) -> SshLauncher:
+    """Builds the launcher from `ftrain launch --backend ssh` arguments (`common`: Launcher's keywords)."""
     return SshLauncher(settings, args.nproc_per_node, command, hosts, remote_python=args.remote_python,
                        ssh_options=args.ssh_option, identity=args.ssh_identity, coordinator_host=args.coordinator_host,
                        remote_env=parse_env_assignments(args.remote_env), log_level=args.log_level, **common)
