@@ -9,6 +9,7 @@ from ftrain.config import JobSettings, parse_fault
 from ftrain.coordinator.bugs import UserError
 from ftrain.coordinator.machine import CoordinatorMachine, Effects
 from ftrain.proto.ftrain.v1 import coordinator_pb2 as pb
+from ftrain.snapshot import durable as durable_files
 
 
 class Job:
@@ -278,6 +279,31 @@ def test_restart_mode_orders_every_agent_to_restart_and_gives_each_generation_a_
     assert other is not None and other.store_address == "127.0.0.1:7001" and job.m.next_store == ""
 
 
+def test_restart_mode_a_process_that_rejoins_before_its_restart_does_not_form_the_next_generation() -> None:
+    """A rank whose restore failed while its generation formed asks to join again at once; the
+    restart order for the next generation has gone out. The old processes' joins must not form
+    that generation (their agents are about to kill them, and it would hold dead ranks until the
+    pulse check caught them, 6 s later): the restarted processes form it."""
+    job = Job(recovery="restart")
+    job.m.provide_store("127.0.0.1:7000")
+    job.running("node0", "node1")
+    job.m.provide_store("127.0.0.1:7001")
+    _restore_fails(job, "node1", 1)
+    job.at(0.5)
+    job.tick()
+    assert job.m.commands == {"node0": ["restart-trainers:1"], "node1": ["restart-trainers:1"]}
+    job.known = {}
+    assert job.join("node0") is None and job.join("node1") is None  # the old processes, before they die
+    assert job.join("node1", first=False) is None and job.m.membership.pending
+    job.restart_trainer("node0"), job.restart_trainer("node1")
+    job.at(1.0)
+    job.known = {}
+    assert job.join("node0") is None
+    formed = job.join("node1")
+    assert formed is not None and formed.generation == 1
+    assert {a.trainer_uid for a in job.m.plan.generation.ranks} == {job.uid("node0"), job.uid("node1")}
+
+
 def test_job_completes_when_every_rank_finished_at_one_step() -> None:
     job = Job(inject=(parse_fault("kill-node:1@step=100"), parse_fault("slow-rank:0x2.0"))).running("node0", "node1")
     job.snapshot("node0", 0, 60), job.snapshot("node1", 1, 60)
@@ -469,3 +495,56 @@ def test_the_job_fails_saying_why_when_no_restorable_step_is_left() -> None:
     assert "2 of 3 shards failed their checksum" in job.m.message and "no older committed step" in job.m.message
     assignment = job.join("node0")
     assert assignment is not None and assignment.status == pb.ASSIGNMENT_STATUS_FAILED
+
+
+def _checkpoint(step: int, world_size: int, dcp: bool) -> durable_files.Checkpoint:
+    path = f"/ckpt/step-{step}"
+    parts = tuple(durable_files.Part(r, f"{path}/rank-{r}.bin", 100, 7) for r in range(world_size))
+    return durable_files.Checkpoint(path, step, world_size, 0, "unit", parts, f"{path}/dcp" if dcp else "")
+
+
+def test_a_resumed_checkpoint_that_cannot_be_restored_falls_back_to_an_older_one() -> None:
+    """`--resume` of a 4-rank checkpoint with no DCP copy on 2 ranks (per-rank FSDP2 state cannot
+    move there): after its restores failed, the job resumes from the newest older checkpoint that
+    has a DCP copy, passing over a newer one without."""
+    job = Job()
+    newest, middle, oldest = _checkpoint(20, 4, dcp=False), _checkpoint(15, 4, dcp=False), _checkpoint(10, 4, dcp=True)
+    job.fx(job.m.resume_from(0.0, newest, [oldest, middle]))
+    job.running("node0", "node1")
+    for attempt in range(2):
+        assignments = job.form("node0", "node1") if attempt else {"node0": job.m.assignment(job.m.plan, 0)}
+        assert assignments["node0"].restore_step == 20
+        assert assignments["node0"].restore_blobs[0].path == "/ckpt/step-20/rank-0.bin"
+        _restore_fails(job, "node0", 0)
+        job.at(1.0 + attempt)
+    assert "resume-fallback" in job.kinds() and job.m.job_state == "running"
+    assignments = job.form("node0", "node1")
+    assert {a.restore_step for a in assignments.values()} == {10}
+    assert [b.path for b in assignments["node1"].restore_blobs] == [f"/ckpt/step-10/rank-{r}.bin" for r in range(4)]
+    assert (job.m.durable_status() or {})["resumed_from"] == 10
+    # should step 10 fail as well, the one left (step 15) is tried; after it, the job fails saying why
+    for attempt in range(2):
+        _restore_fails(job, "node0", 0)
+        job.at(3.0 + attempt)
+        assignments = job.form("node0", "node1")
+    assert {a.restore_step for a in assignments.values()} == {15}
+    for attempt in range(2):
+        _restore_fails(job, "node0", 0)
+        job.at(5.0 + attempt)
+        if attempt == 0:
+            job.form("node0", "node1")
+    assert job.m.job_state == "failed" and "step 15 could not be restored" in job.m.message
+
+
+def test_a_fallback_at_the_same_world_size_takes_the_newest_older_checkpoint() -> None:
+    job = Job(target_nodes=4, min_nodes=4)
+    job.fx(job.m.resume_from(0.0, _checkpoint(20, 4, dcp=False), [_checkpoint(10, 4, dcp=True),
+                                                                   _checkpoint(15, 4, dcp=False)]))
+    nodes = ("node0", "node1", "node2", "node3")
+    job.running(*nodes)
+    _restore_fails(job, "node0", 0)
+    job.at(1.0)
+    job.form(*nodes)
+    _restore_fails(job, "node0", 0)
+    job.at(2.0)
+    assert {a.restore_step for a in job.form(*nodes).values()} == {15}

@@ -6,13 +6,18 @@ adopts that group and each rank snapshots its own shards. Compared with plain to
 the same job without the failure (bit-identical)."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from procs import SCRIPTS, new_job_id, run_ftrain, run_torchrun
+from procs import REPO, SCRIPTS, kill_job, new_job_id, run_ftrain, run_torchrun, wait_until
 
 pytestmark = pytest.mark.timeout(400)
 SCRIPT = str(SCRIPTS / "fsdp2_job.py")
@@ -30,9 +35,9 @@ def launch(tmp_path: Path, name: str, *launch_args: str, nodes: int = 4, script_
     return torch.load(out), result.stdout
 
 
-def torchrun(tmp_path: Path, name: str, *script_args: str, nproc: int = 4) -> dict:
+def torchrun(tmp_path: Path, name: str, *script_args: str, nproc: int = 4, steps: int = STEPS) -> dict:
     out = tmp_path / f"{name}.pt"
-    run_torchrun(SCRIPT, ["--steps", str(STEPS), *script_args], out, nproc, teardown_abort_ok=True)
+    run_torchrun(SCRIPT, ["--steps", str(steps), *script_args], out, nproc, teardown_abort_ok=True)
     return torch.load(out)
 
 
@@ -113,6 +118,55 @@ def test_fsdp2_checkpoint_resumes_on_another_world_size_as_torchrun_resumes_it(t
     assert_same_optimizer_state(reference["optim"], resumed["optim"])
     assert_exactly_once({"samples": 512, "batch_size": 16, "seed": 5, "world_sizes": [4] * 10 + [2] * (STEPS - 10),
                          "ledger": resumed["ledger"]})
+
+
+def test_an_fsdp2_resume_on_another_world_size_falls_back_to_the_newest_checkpoint_with_a_dcp_copy(
+        tmp_path: Path) -> None:
+    """With `--checkpoint-dcp-every 2` every other checkpoint has a DCP copy. A 4-rank FSDP2 job
+    SIGKILLed whole once a checkpoint without one is complete, resumed on 2 ranks: that
+    checkpoint's per-rank files cannot be resharded, so once its restores failed the job resumes
+    the older checkpoint that has a copy, and ends exactly as plain torchrun resumed from it."""
+    from ftrain.snapshot import durable
+
+    directory, no_dropout = tmp_path / "ckpt", ("--dropout", "0")
+    job = new_job_id("killed-fsdp2")
+    command = [sys.executable, "-m", "ftrain", "launch", "--nodes", "4", "--job-id", job, "--recovery", "restart",
+               "--checkpoint-dir", str(directory), "--checkpoint-every", "10", "--checkpoint-dcp-every", "2", "--",
+               SCRIPT, "--steps", "200", *no_dropout, "--step-sleep", "0.3", "--out", str(tmp_path / "never.pt")]
+    process = subprocess.Popen(command, cwd=str(REPO), env=dict(os.environ, FTRAIN_JOB_ID=job),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def newest_lacks_a_copy() -> bool:
+        checkpoint, _ = durable.newest_complete(str(directory), verify=False)
+        return checkpoint is not None and not checkpoint.dcp and bool(durable.older_complete(str(directory),
+                                                                                               checkpoint.step))
+    try:
+        found = wait_until(lambda: newest_lacks_a_copy() or process.poll() is not None, timeout=240, interval=0.05)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher, coordinator, agents and trainers at once
+        except ProcessLookupError:
+            pass
+        kill_job(job)
+        output = process.communicate()[0]
+    assert found and process.returncode == -signal.SIGKILL, output[-3000:]
+    newest, _ = durable.newest_complete(str(directory))
+    assert newest is not None and not newest.dcp and newest.world_size == 4, newest
+    older = [c for c in durable.older_complete(str(directory), newest.step) if c.dcp]
+    assert older, "no older checkpoint with a DCP copy"
+    events = tmp_path / "events"
+    resumed, output = launch(tmp_path, "two", "--resume", str(directory), "--events-file", str(events), nodes=2,
+                             script_args=no_dropout, steps=older[0].step + 10)
+    assert (resumed["world_size"], resumed["resumed_from"]) == (2, older[0].step), output[-3000:]
+    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
+    assert kinds.count("resume-fallback") == 1 and "restore-failed" in kinds, kinds
+    # the failed restores' processes, which ask to join again before their agents restart them, never
+    # form a generation of their own (it held dead ranks until the pulse check killed them)
+    assert "failure" not in kinds, kinds
+    reference = torchrun(tmp_path, "two-torchrun", *no_dropout, "--load-dcp", older[0].dcp, "--from-step",
+                         str(older[0].step), "--from-world", "4", nproc=2, steps=older[0].step + 10)
+    assert_identical(reference, resumed, ledger=False)  # the reference counts only the steps it ran
+    assert_same_optimizer_state(reference["optim"], resumed["optim"])
 
 
 def test_fsdp2_script_under_ftrain_equals_plain_torchrun(tmp_path: Path, reference: dict) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ftrain.config import JobSettings
 from ftrain.coordinator.bugs import BugDetector, UserError, startup_failure, unfired_faults, unfired_warning
@@ -155,6 +155,7 @@ class CoordinatorMachine:
         self.shard_limit: dict[str, int] = {}  # node -> its agent's snapshot memory limit (heartbeats)
         self.skips_since_commit = 0  # snapshots skipped (agents' memory full) since the newest commit
         self.resume: durable_files.Checkpoint | None = None  # the durable checkpoint this job started from
+        self.resume_fallbacks: list[durable_files.Checkpoint] = []  # older complete ones, newest first
         self.restore_failures: dict[int, set[int]] = {}  # step -> generations whose restore of it failed
         # the newest complete checkpoint of this job found in --checkpoint-dir at start (not resumed
         # from): after a coordinator restart, the durable tier goes on from it (see _ingest_held_shards)
@@ -168,6 +169,7 @@ class CoordinatorMachine:
         self.checkpoint_orders: dict[str, list[pb.CheckpointOrder]] = collections.defaultdict(list)
         self.killed_forming: set[str] = set()  # trainer uids killed for not joining a forming generation
         self.restart_ordered = -1  # restart mode: the pending generation every trainer was ordered to restart into
+        self.restart_stale: set[str] = set()  # restart mode: the processes that order replaces (joins not counted)
         self.next_store = ""  # restart mode: the rendezvous store the next generation gets (provide_store; the
         # host provides the first one)
         self._world_dirty = False  # ftrain_world_size must be recomputed (_take)
@@ -290,6 +292,11 @@ class CoordinatorMachine:
         """A trainer asks for the generation after `request.known_generation`: its assignment, the
         job's end, or None (not formed yet: the caller waits for a wake-up and asks again)."""
         m = self.membership
+        if request.trainer_uid in self.restart_stale:  # its agent restarts it (see _order_restart)
+            if self.job_state != "running":
+                return pb.GenerationAssignment(status=to_wire(pb.AssignmentStatus, self.job_state),
+                                               message=self.message), self._take()
+            return None, self._take()
         if first:
             m.observe_generation(request.known_generation)
             plan = self.plan
@@ -515,7 +522,15 @@ class CoordinatorMachine:
             return
         self.catalog.discard(step)
         if self.resume is not None and self.resume.step == step:
+            older = self._resume_fallback(plan.generation.world_size)
             self.resume = None
+            if older is not None and older.step > self.catalog.newest_committed:
+                self._resume(now, older)
+                self._event("resume-fallback", f"the checkpoint of step {step} could not be restored by "
+                                               f"{plan.generation.world_size} rank(s); resuming from the older one of "
+                                               f"step {older.step} in {older.path} (world size {older.world_size}"
+                                               f"{', with a DCP copy' if older.dcp else ''})", warning=True,
+                            step=older.step, path=older.path, failed_step=step)
         fallback = max(self.catalog.newest_committed, self.resume.step if self.resume else -1)
         if fallback < 0:
             self._fail(now, f"unrecoverable: the snapshot of step {step} could not be restored in {len(failed)} "
@@ -630,6 +645,10 @@ class CoordinatorMachine:
                 or self.restart_ordered >= m.number):
             return
         self.restart_ordered = m.number
+        # the formed generation's processes are killed and started again: one that asks to join meanwhile
+        # (its restore failed while the generation formed, say) must not make the new generation of itself
+        self.restart_stale = {a.trainer_uid for a in self.plan.generation.ranks}
+        m.forget_waiting(self.restart_stale)
         nodes = sorted(self._live_nodes())
         for node_id in nodes:
             self.commands[node_id].append(f"restart-trainers:{m.number}")
@@ -869,16 +888,34 @@ class CoordinatorMachine:
             self._event("fault-not-fired", warning, warning=True, fault=spec)
 
     # -- the durable tier ------------------------------------------------------------------------
-    def resume_from(self, now: float, checkpoint: durable_files.Checkpoint) -> Effects:
+    def resume_from(self, now: float, checkpoint: durable_files.Checkpoint,
+                    fallbacks: Sequence[durable_files.Checkpoint] = ()) -> Effects:
         """The job starts from a durable checkpoint: the first generation restores it (and so does
-        any recovery until a newer step is committed in memory)."""
+        any recovery until a newer step is committed in memory). `fallbacks`: older complete
+        checkpoints, newest first, for when this one cannot be restored."""
+        self.resume_fallbacks = sorted(fallbacks, key=lambda c: c.step, reverse=True)
+        self._resume(now, checkpoint)
+        self._event("resume", f"resuming from the checkpoint of step {checkpoint.step} in {checkpoint.path} "
+                              f"(world size {checkpoint.world_size})", step=checkpoint.step, path=checkpoint.path)
+        return self._take()
+
+    def _resume(self, now: float, checkpoint: durable_files.Checkpoint) -> None:
         self.resume = checkpoint
         if self.durable is not None:  # due steps count from the resumed one
             self.durable = DurablePlanner(self.durable.settings, self.settings.job_id, now, checkpoint.step)
         self._metric("checkpoint_last_step", "set", checkpoint.step)
-        self._event("resume", f"resuming from the checkpoint of step {checkpoint.step} in {checkpoint.path} "
-                              f"(world size {checkpoint.world_size})", step=checkpoint.step, path=checkpoint.path)
-        return self._take()
+
+    def _resume_fallback(self, world_size: int) -> durable_files.Checkpoint | None:
+        """The older checkpoint to resume from when the resumed one cannot be restored by a
+        generation of `world_size` ranks: the newest that has a DCP copy or was written by that many
+        ranks (per-rank FSDP2 state moves to another world size only through a DCP copy), else the
+        newest. Taken off the list."""
+        if not self.resume_fallbacks:
+            return None
+        fitting = [c for c in self.resume_fallbacks if c.dcp or c.world_size == world_size]
+        chosen = (fitting or self.resume_fallbacks)[0]
+        self.resume_fallbacks.remove(chosen)
+        return chosen
 
     def _send_orders(self, orders: list[Write] | list[Finalize]) -> None:
         assert self.durable is not None

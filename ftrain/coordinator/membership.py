@@ -158,6 +158,11 @@ class Membership:
             return
         self.waiting[(node_id, local_rank)] = trainer_uid
 
+    def forget_waiting(self, trainer_uids: set[str]) -> None:
+        """These trainers' joins no longer count (their processes are about to be replaced)."""
+        for key in [key for key, uid in self.waiting.items() if uid in trainer_uids]:
+            del self.waiting[key]
+
     # -- generations -----------------------------------------------------------------------
     @property
     def pending(self) -> bool:

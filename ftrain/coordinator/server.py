@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 
 import grpc
 
@@ -98,9 +98,10 @@ class CoordinatorState:
         with self.cond:
             self.apply(self.machine.fail(self.clock(), message))
 
-    def resume_from(self, checkpoint: durable_files.Checkpoint) -> None:
+    def resume_from(self, checkpoint: durable_files.Checkpoint,
+                    fallbacks: Sequence[durable_files.Checkpoint] = ()) -> None:
         with self.cond:
-            self.apply(self.machine.resume_from(self.clock(), checkpoint))
+            self.apply(self.machine.resume_from(self.clock(), checkpoint, fallbacks))
 
     def status(self) -> dict[str, Any]:
         with self.cond:
@@ -334,7 +335,7 @@ class Coordinator:
         for problem in passed:
             self.state.event("checkpoint-passed-over", problem)
         if resume is not None:
-            self.state.resume_from(resume)
+            self.state.resume_from(resume, durable_files.older_complete(settings.resume_dir, resume.step))
         elif settings.resume_dir:
             self.state.event("resume", f"no complete checkpoint in {settings.resume_dir}: starting fresh")
         if settings.checkpoint_dir and resume is None:  # a restarted coordinator of a running job goes on from it

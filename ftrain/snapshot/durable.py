@@ -207,6 +207,21 @@ def newest_complete(root: str, verify: bool = True) -> tuple[Checkpoint | None, 
     return None, passed
 
 
+def older_complete(root: str, below_step: int) -> list[Checkpoint]:
+    """The complete checkpoints older than `below_step`, newest first: what a resume falls back to
+    when the newest cannot be restored. Their files are checked for size only here (a restore
+    checks each file's CRC-32 as it reads it)."""
+    found = []
+    for step, partial in sorted(_listing(root), reverse=True):
+        if partial or step >= below_step:
+            continue
+        try:
+            found.append(load_manifest(os.path.join(root, checkpoint_name(step)), verify=False))
+        except CheckpointError:
+            continue
+    return found
+
+
 def read_part(path: str, size: int, crc32: int) -> np.ndarray:
     """One rank file, checked. Raises CheckpointError naming it."""
     try:

@@ -796,6 +796,12 @@ class Session:
                 copy = durable.load_manifest(os.path.dirname(blobs[0].path), verify=False).dcp
             except durable.CheckpointError as error:
                 raise SnapshotLost(f"checkpoint unusable: {error}") from error
+        if not copy and blobs and all(info.path for info in blobs):
+            raise SnapshotLost(
+                f"the checkpoint of step {a.restore_step} ({os.path.dirname(blobs[0].path)}) was written by "
+                f"{sorted(world)} rank(s) and has no DCP copy (--checkpoint-dcp-every), this generation has "
+                f"{self.world_size}: its per-rank (FSDP2) files restore only on as many ranks; the coordinator "
+                f"resumes an older checkpoint with a copy, if there is one")
         if not copy:
             raise SnapshotLost(
                 f"the snapshot of step {a.restore_step} was taken by {sorted(world)} rank(s), this generation has "
