@@ -482,6 +482,42 @@ def test_a_step_whose_restore_keeps_failing_is_given_up_for_the_previous_committ
     assert [b.blob_id for b in assignments["node0"].restore_blobs] == ["s8-r0", "s8-r1"]
 
 
+def test_a_given_up_step_stays_given_up_after_a_coordinator_restart() -> None:
+    """Agents drop the shards of a step given up (heartbeat `dropped_blobs`), as the agent's real
+    store does it; a restarted coordinator that rebuilds its catalog from what they hold then
+    restores the older step, not the one whose restores kept failing."""
+    from ftrain.agent.store import ShardStore
+
+    job = Job().running("node0", "node1")
+    stores = {"node0": ShardStore(), "node1": ShardStore()}
+    for step in (8, 9):
+        job.snapshot("node0", 0, step, shards=("node0", "node1")), job.snapshot("node1", 1, step, shards=("node0", "node1"))
+        for record in job.m.catalog.blobs(step):  # shard i of each blob on node i, as the trainers put them
+            for index, node in enumerate(("node0", "node1")):
+                stores[node].put(record.info.blob_id, index, step, bytearray(10), 0, record.info.SerializeToString())
+
+    def rebuilt() -> list[int]:
+        restarted = Job()
+        for node, store in stores.items():
+            held = [pb.HeldShard(blob_info=info, index=index) for info, index in store.held()]
+            _, fx = restarted.m.on_register(0.0, pb.RegisterAgentRequest(node_id=node, address=f"{node}:1", nproc=1,
+                                                                         slot=-1, generation=0, held=held))
+        return restarted.m.catalog.committed_steps
+
+    assert rebuilt() == [8, 9]
+    job.fx(job.m.on_failure_report(job.now, pb.FailureReport(generation=0, rank=1, reason="peer closed")))
+    for attempt in range(2):
+        job.at(1.0 + attempt)
+        job.form("node0", "node1")
+        _restore_fails(job, "node1", 1)
+    assert job.m.catalog.committed_steps == [8] and "snapshot-unusable" in job.kinds()
+    for node, store in stores.items():  # what the agent does with each heartbeat reply
+        reply = job.heartbeat(node)
+        assert list(reply.dropped_blobs) == ["s9-r0", "s9-r1"]
+        store.drop_older_than(reply.min_retained_step, reply.skipped_steps, reply.pinned_steps, reply.dropped_blobs)
+    assert rebuilt() == [8]
+
+
 def test_the_job_fails_saying_why_when_no_restorable_step_is_left() -> None:
     job = Job().running("node0", "node1")
     job.snapshot("node0", 0, 9), job.snapshot("node1", 1, 9)

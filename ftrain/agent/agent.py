@@ -245,8 +245,9 @@ class Agent:
                 continue
             self.slot, self.generation = response.slot, max(self.generation, response.generation)
             self._checkpoint_pending = response.checkpoint_pending
-            if response.min_retained_step > 0 or response.skipped_steps:
-                self.store.drop_older_than(response.min_retained_step, response.skipped_steps, response.pinned_steps)
+            if response.min_retained_step > 0 or response.skipped_steps or response.dropped_blobs:
+                self.store.drop_older_than(response.min_retained_step, response.skipped_steps, response.pinned_steps,
+                                           response.dropped_blobs)
                 local_copy.prune(self.shm_dir, response.min_retained_step, response.skipped_steps,
                                  response.pinned_steps)
             for command in response.commands:

@@ -148,13 +148,14 @@ class ShardStore:
         with self._lock:
             return self._shards.get((blob_id, index))
 
-    def drop_older_than(self, min_step: int, skipped: Iterable[int] = (), pinned: Iterable[int] = ()) -> int:
-        """Drops the shards of steps below `min_step` (except the `pinned` ones) and of the `skipped`
-        steps (never committed)."""
-        gone, kept = set(skipped), set(pinned)
+    def drop_older_than(self, min_step: int, skipped: Iterable[int] = (), pinned: Iterable[int] = (),
+                        blobs: Iterable[str] = ()) -> int:
+        """Drops the shards of steps below `min_step` (except the `pinned` ones), of the `skipped`
+        steps (never committed) and of the given-up `blobs`."""
+        gone, kept, dropped = set(skipped), set(pinned), set(blobs)
         with self._lock:
             old = [key for key, shard in self._shards.items()
-                   if (shard.step < min_step and shard.step not in kept) or shard.step in gone]
+                   if (shard.step < min_step and shard.step not in kept) or shard.step in gone or key[0] in dropped]
             for key in old:
                 self._evict(key)
             return len(old)

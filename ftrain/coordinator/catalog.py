@@ -30,6 +30,7 @@ class Catalog:
         self._partial: dict[int, dict[int, BlobRecord]] = {}
         self._committed: dict[int, list[BlobRecord]] = {}
         self._skipped: set[int] = set()  # steps of this generation that never commit (a rank's snapshot skipped)
+        self._given_up: dict[str, int] = {}  # blob id -> step, of committed steps given up (see discard)
 
     def open_generation(self, generation: int, world_size: int) -> None:
         self.generation = generation
@@ -71,6 +72,7 @@ class Catalog:
         for step in sorted(self._committed)[: -self.keep]:
             del self._committed[step]
         self._skipped = {step for step in self._skipped if step > self.min_retained_step()}  # agents prune older
+        self._given_up = {blob: step for blob, step in self._given_up.items() if step > self.min_retained_step()}
         return True
 
     @property
@@ -82,8 +84,17 @@ class Catalog:
         return sorted(self._committed)
 
     def discard(self, step: int) -> None:
-        """A committed step that cannot be restored is given up (recovery restores an older one)."""
-        self._committed.pop(step, None)
+        """A committed step that cannot be restored is given up (recovery restores an older one).
+        Its blobs are listed in `given_up_blobs` until agents would drop them anyway: were their
+        shards kept, a catalog rebuilt from them (a restarted coordinator) would commit it again."""
+        for record in self._committed.pop(step, []):
+            self._given_up[record.info.blob_id] = step
+
+    @property
+    def given_up_blobs(self) -> list[str]:
+        """The blobs of given-up steps newer than the oldest kept one (agents drop their shards)."""
+        oldest = self.min_retained_step()
+        return sorted(blob for blob, step in self._given_up.items() if step > oldest)
 
     def blobs(self, step: int) -> list[BlobRecord]:
         return list(self._committed.get(step, []))

@@ -242,6 +242,7 @@ class CoordinatorMachine:
                                      checkpoint_orders=self.checkpoint_orders.pop(request.node_id, []),
                                      checkpoint_pending=self.checkpoint_pending(),
                                      skipped_steps=self.catalog.skipped_steps,
+                                     dropped_blobs=self.catalog.given_up_blobs,
                                      pinned_steps=self.pinned_steps())
         return reply, self._take()
 

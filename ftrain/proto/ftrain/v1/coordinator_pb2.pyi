@@ -171,7 +171,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., trainers: _Optional[_Iterable[_Union[TrainerInfo, _Mapping]]] = ..., shard_bytes: _Optional[int] = ..., checkpoint_results: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ..., shard_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders", "checkpoint_pending", "skipped_steps", "pinned_steps")
+    __slots__ = ("job_state", "min_retained_step", "commands", "message", "known", "slot", "generation", "checkpoint_orders", "checkpoint_pending", "skipped_steps", "pinned_steps", "dropped_blobs")
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     MIN_RETAINED_STEP_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,7 @@ class HeartbeatResponse(_message.Message):
     CHECKPOINT_PENDING_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
     PINNED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BLOBS_FIELD_NUMBER: _ClassVar[int]
     job_state: JobState
     min_retained_step: int
     commands: _containers.RepeatedScalarFieldContainer[str]
@@ -194,7 +195,8 @@ class HeartbeatResponse(_message.Message):
     checkpoint_pending: bool
     skipped_steps: _containers.RepeatedScalarFieldContainer[int]
     pinned_steps: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_state: _Optional[_Union[JobState, str]] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ..., pinned_steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    dropped_blobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_state: _Optional[_Union[JobState, str]] = ..., min_retained_step: _Optional[int] = ..., commands: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., known: _Optional[bool] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., checkpoint_orders: _Optional[_Iterable[_Union[CheckpointOrder, _Mapping]]] = ..., checkpoint_pending: _Optional[bool] = ..., skipped_steps: _Optional[_Iterable[int]] = ..., pinned_steps: _Optional[_Iterable[int]] = ..., dropped_blobs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckpointOrder(_message.Message):
     __slots__ = ("kind", "step", "dir", "blob", "manifest_json", "keep", "dcp")
