@@ -5,10 +5,12 @@ pb.JOB_STATE_RUNNING)` is "running". Each enum's values are its name in upper sn
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 
+@functools.cache
 def _prefix(enum: Any) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
 

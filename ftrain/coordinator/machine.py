@@ -659,6 +659,7 @@ class CoordinatorMachine:
     def _try_form(self, now: float) -> None:
         if self.job_state != "running":
             return
+        self._order_restart()  # restart mode: before the old processes' joins could form it
         generation = self.membership.try_form(now)
         if generation is not None:
             self._plan_generation(now, generation)
