@@ -294,10 +294,7 @@ class CoordinatorMachine:
         job's end, or None (not formed yet: the caller waits for a wake-up and asks again)."""
         m = self.membership
         if request.trainer_uid in self.restart_stale:  # its agent restarts it (see _order_restart)
-            if self.job_state != "running":
-                return pb.GenerationAssignment(status=to_wire(pb.AssignmentStatus, self.job_state),
-                                               message=self.message), self._take()
-            return None, self._take()
+            return self._job_ended(), self._take()
         if first:
             m.observe_generation(request.known_generation)
             plan = self.plan
@@ -314,13 +311,19 @@ class CoordinatorMachine:
             m.trainer_waiting(request.trainer_uid, request.node_id, request.local_rank)
         self._try_form(now)
         if self.job_state != "running":
-            return pb.GenerationAssignment(status=to_wire(pb.AssignmentStatus, self.job_state), message=self.message), self._take()
+            return self._job_ended(), self._take()
         plan = self.plan
         if plan is not None and plan.generation.number > request.known_generation and not m.pending:
             rank = plan.generation.rank_of(request.trainer_uid)
             if rank is not None:
                 return self.assignment(plan, rank), self._take()
         return None, self._take()
+
+    def _job_ended(self) -> pb.GenerationAssignment | None:
+        """The answer to a join once the job has ended (complete or failed); None while it runs."""
+        if self.job_state == "running":
+            return None
+        return pb.GenerationAssignment(status=to_wire(pb.AssignmentStatus, self.job_state), message=self.message)
 
     def _members(self, plan: GenerationPlan) -> list[pb.Member]:
         """The generation's members (node, address, first rank, nproc), built once per plan and

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -191,19 +191,30 @@ def load_manifest(directory: str, verify: bool = True) -> Checkpoint:
     return checkpoint
 
 
+def _newest_first(root: str, verify: bool, below_step: int | None = None) -> Iterator[tuple[Checkpoint | None, str]]:
+    """Each checkpoint under `root` (older than `below_step`), newest first: (it, "") when it is
+    complete and checks out, else (None, why not)."""
+    for step, partial in sorted(_listing(root), reverse=True):
+        if below_step is not None and step >= below_step:
+            continue
+        if partial:
+            yield None, (f"{os.path.join(root, checkpoint_name(step) + PARTIAL)}: incomplete (interrupted while "
+                         f"being written)")
+            continue
+        try:
+            yield load_manifest(os.path.join(root, checkpoint_name(step)), verify), ""
+        except CheckpointError as error:
+            yield None, str(error)
+
+
 def newest_complete(root: str, verify: bool = True) -> tuple[Checkpoint | None, list[str]]:
     """The newest complete checkpoint that checks out (`verify`: every file's CRC-32 too), and why
     each newer one was passed over."""
     passed: list[str] = []
-    for step, partial in sorted(_listing(root), reverse=True):
-        if partial:
-            passed.append(f"{os.path.join(root, checkpoint_name(step) + PARTIAL)}: incomplete (interrupted while "
-                          f"being written)")
-            continue
-        try:
-            return load_manifest(os.path.join(root, checkpoint_name(step)), verify), passed
-        except CheckpointError as error:
-            passed.append(str(error))
+    for checkpoint, problem in _newest_first(root, verify):
+        if checkpoint is not None:
+            return checkpoint, passed
+        passed.append(problem)
     return None, passed
 
 
@@ -211,15 +222,7 @@ def older_complete(root: str, below_step: int) -> list[Checkpoint]:
     """The complete checkpoints older than `below_step`, newest first: what a resume falls back to
     when the newest cannot be restored. Their files are checked for size only here (a restore
     checks each file's CRC-32 as it reads it)."""
-    found = []
-    for step, partial in sorted(_listing(root), reverse=True):
-        if partial or step >= below_step:
-            continue
-        try:
-            found.append(load_manifest(os.path.join(root, checkpoint_name(step)), verify=False))
-        except CheckpointError:
-            continue
-    return found
+    return [checkpoint for checkpoint, _ in _newest_first(root, False, below_step) if checkpoint is not None]
 
 
 def read_part(path: str, size: int, crc32: int) -> np.ndarray:
